@@ -16,7 +16,9 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use crate::schema::{ProviderSchema, ResourceTypeSchema, describe_type, nullable_inner, resolve};
+use crate::schema::{
+    ProviderSchema, ResourceTypeSchema, describe_type, enum_values, nullable_inner, resolve,
+};
 
 /// The Nix provider module for `schema`.
 pub fn nix_module(schema: &ProviderSchema) -> String {
@@ -228,26 +230,6 @@ fn nix_type(root: &Value, schema: &Value, indent: usize) -> String {
         }
         _ => "types.anything".to_string(),
     }
-}
-
-/// The values of a string enum, as schemars writes it (`enum`, or `oneOf` of
-/// `const`s when variants have doc comments).
-fn enum_values(schema: &Value) -> Option<Vec<Value>> {
-    if let Some(values) = schema.get("enum").and_then(Value::as_array) {
-        return Some(values.clone());
-    }
-    let alternatives = schema.get("oneOf").and_then(Value::as_array)?;
-    alternatives
-        .iter()
-        .map(|a| {
-            a.get("const")
-                .cloned()
-                .or_else(|| match a.get("enum").and_then(Value::as_array) {
-                    Some(values) if values.len() == 1 => Some(values[0].clone()),
-                    _ => None,
-                })
-        })
-        .collect()
 }
 
 /// A JSON value as a Nix expression.

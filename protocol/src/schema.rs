@@ -152,45 +152,70 @@ pub fn property_type(root: &Value, field: &str) -> Option<String> {
 /// Words for a schema's type, for error hints and docs.
 pub fn describe_type(root: &Value, schema: &Value) -> String {
     let schema = resolve(root, schema);
-    if let Some(values) = schema.get("enum").and_then(Value::as_array) {
+    if let Some(values) = enum_values(schema) {
         let listed: Vec<String> = values.iter().map(Value::to_string).collect();
         return format!("one of {}", listed.join(", "));
     }
     if let Some(constant) = schema.get("const") {
         return format!("the value {constant}");
     }
-    if let Some(alternatives) = schema.get("oneOf").or_else(|| schema.get("anyOf")) {
-        if let Some(alternatives) = alternatives.as_array() {
-            let described: Vec<String> = alternatives
-                .iter()
-                .map(|s| describe_type(root, s))
-                .collect();
-            return described.join(" or ");
-        }
+    if let Some(alternatives) = schema
+        .get("oneOf")
+        .or_else(|| schema.get("anyOf"))
+        .and_then(Value::as_array)
+    {
+        let described: Vec<String> = alternatives
+            .iter()
+            .map(|s| describe_type(root, s))
+            .collect();
+        return described.join(" or ");
     }
     match schema.get("type") {
-        Some(Value::String(ty)) => match ty.as_str() {
-            "string" => "a string".into(),
-            "integer" => "an integer".into(),
-            "number" => "a number".into(),
-            "boolean" => "true or false".into(),
-            "array" => match schema.get("items") {
-                Some(items) => format!("a list of {}", plural(&describe_type(root, items))),
-                None => "a list".into(),
-            },
-            "object" => "an attribute set".into(),
-            other => other.to_string(),
-        },
-        Some(Value::Array(types)) => {
-            let names: Vec<&str> = types
-                .iter()
-                .filter_map(Value::as_str)
-                .filter(|t| *t != "null")
-                .collect();
-            names.join(" or ")
-        }
+        Some(Value::String(ty)) => describe_json_type(root, schema, ty),
+        Some(Value::Array(types)) => types
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|t| *t != "null")
+            .map(|t| describe_json_type(root, schema, t))
+            .collect::<Vec<_>>()
+            .join(" or "),
         _ => "any value".into(),
     }
+}
+
+fn describe_json_type(root: &Value, schema: &Value, ty: &str) -> String {
+    match ty {
+        "string" => "a string".into(),
+        "integer" => "an integer".into(),
+        "number" => "a number".into(),
+        "boolean" => "true or false".into(),
+        "array" => match schema.get("items") {
+            Some(items) => format!("a list of {}", plural(&describe_type(root, items))),
+            None => "a list".into(),
+        },
+        "object" => "an attribute set".into(),
+        other => other.to_string(),
+    }
+}
+
+/// The values of a string enum, as schemars writes it (`enum`, or `oneOf` of
+/// `const`s when variants have doc comments).
+pub fn enum_values(schema: &Value) -> Option<Vec<Value>> {
+    if let Some(values) = schema.get("enum").and_then(Value::as_array) {
+        return Some(values.clone());
+    }
+    let alternatives = schema.get("oneOf").and_then(Value::as_array)?;
+    alternatives
+        .iter()
+        .map(|a| {
+            a.get("const")
+                .cloned()
+                .or_else(|| match a.get("enum").and_then(Value::as_array) {
+                    Some(values) if values.len() == 1 => Some(values[0].clone()),
+                    _ => None,
+                })
+        })
+        .collect()
 }
 
 fn plural(singular: &str) -> String {

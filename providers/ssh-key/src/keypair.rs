@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use fedi_protocol::files::{remove_if_exists, write_private_atomic};
 use fedi_protocol::schemars::{self, JsonSchema};
 use fedi_protocol::{
-    CreateContext, Drift, Error, ExposeSecret, ReadOutcome, Recorded, Resource, Result,
-    SecretRef, SecretString,
+    CreateContext, Drift, Error, ExposeSecret, ReadOutcome, Recorded, Resource, Result, SecretRef,
+    SecretString,
 };
 use rand_core::OsRng;
 use serde::{Deserialize, Serialize};
@@ -161,14 +161,20 @@ impl KeyPairInputs {
         if self.rsa_bits.is_some() && self.algorithm != KeyAlgorithm::Rsa {
             return Err(Error::invalid_input(
                 "rsaBits",
-                format!("only applies to algorithm \"rsa\", not {:?}", self.algorithm),
+                format!(
+                    "only applies to algorithm \"rsa\", not {:?}",
+                    self.algorithm
+                ),
             )
             .with_hint("remove `rsaBits`, or set `algorithm = \"rsa\"`"));
         }
         if self.ecdsa_curve.is_some() && self.algorithm != KeyAlgorithm::Ecdsa {
             return Err(Error::invalid_input(
                 "ecdsaCurve",
-                format!("only applies to algorithm \"ecdsa\", not {:?}", self.algorithm),
+                format!(
+                    "only applies to algorithm \"ecdsa\", not {:?}",
+                    self.algorithm
+                ),
             )
             .with_hint("remove `ecdsaCurve`, or set `algorithm = \"ecdsa\"`"));
         }
@@ -185,13 +191,18 @@ impl KeyPairInputs {
             path.clone()
         } else {
             std::env::current_dir()
-                .map_err(|e| Error::internal("cannot determine the working directory").with_source(e))?
+                .map_err(|e| {
+                    Error::internal("cannot determine the working directory").with_source(e)
+                })?
                 .join(path)
         };
         if absolute.starts_with("/nix/store") {
             return Err(Error::invalid_input(
                 "privateKeyPath",
-                format!("`{}` is in the Nix store, which every local user can read", absolute.display()),
+                format!(
+                    "`{}` is in the Nix store, which every local user can read",
+                    absolute.display()
+                ),
             )
             .with_hint("choose a path outside the store, e.g. /var/lib/deployer/keys/<name>"));
         }
@@ -288,8 +299,8 @@ impl Resource for KeyPair {
         let passphrase = inputs.read_passphrase()?;
         let recorded_spec = spec_of(&recorded)?;
 
-        let rotate = spec != recorded_spec
-            || inputs.rotation_trigger != previous.inputs.rotation_trigger;
+        let rotate =
+            spec != recorded_spec || inputs.rotation_trigger != previous.inputs.rotation_trigger;
         let key = if rotate {
             let key = generate(spec)?;
             tracing::info!(
@@ -301,7 +312,8 @@ impl Resource for KeyPair {
             );
             key
         } else {
-            let existing = load(&old_path)?.ok_or_else(|| missing_key_error(&old_path, &recorded))?;
+            let existing =
+                load(&old_path)?.ok_or_else(|| missing_key_error(&old_path, &recorded))?;
             check_same_key(&existing, &recorded, &old_path)?;
             // The passphrase may have just changed: the file is still
             // encrypted with the old one.
@@ -311,7 +323,11 @@ impl Resource for KeyPair {
                 }
                 _ => None,
             };
-            unlock(existing, &old_path, &[passphrase.as_ref(), old_passphrase.as_ref()])?
+            unlock(
+                existing,
+                &old_path,
+                &[passphrase.as_ref(), old_passphrase.as_ref()],
+            )?
         };
 
         let text = if !rotate
@@ -416,9 +432,13 @@ fn generate(spec: KeySpec) -> Result<PrivateKey> {
             };
             PrivateKey::random(&mut OsRng, Algorithm::Ecdsa { curve })
         }
-        KeyAlgorithm::Rsa => RsaKeypair::random(&mut OsRng, spec.bits as usize).map(PrivateKey::from),
+        KeyAlgorithm::Rsa => {
+            RsaKeypair::random(&mut OsRng, spec.bits as usize).map(PrivateKey::from)
+        }
     };
-    generated.map_err(|e| Error::internal(format!("generating a {} key failed", spec.describe())).with_source(e))
+    generated.map_err(|e| {
+        Error::internal(format!("generating a {} key failed", spec.describe())).with_source(e)
+    })
 }
 
 /// Reads the key file at `path`: `None` when there is none. The public half
@@ -426,25 +446,47 @@ fn generate(spec: KeySpec) -> Result<PrivateKey> {
 fn load(path: &Path) -> Result<Option<PrivateKey>> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        // A parent that is a file: nothing to load; writing will say why.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Ok(None);
+        }
         Err(e) => return Err(read_error(path, e)),
     };
     // The parse error is not shown: it could quote the file's contents.
-    PrivateKey::from_openssh(text.as_bytes()).map(Some).map_err(|_| {
-        Error::conflict(format!("`{}` exists but is not an OpenSSH private key", path.display()))
+    PrivateKey::from_openssh(text.as_bytes())
+        .map(Some)
+        .map_err(|_| {
+            Error::conflict(format!(
+                "`{}` exists but is not an OpenSSH private key",
+                path.display()
+            ))
             .with_field("privateKeyPath")
-            .with_hint("move the file away or choose another `privateKeyPath`; it is left untouched")
-    })
+            .with_hint(
+                "move the file away or choose another `privateKeyPath`; it is left untouched",
+            )
+        })
 }
 
 fn read_error(path: &Path, error: std::io::Error) -> Error {
-    Error::invalid_input("privateKeyPath", format!("cannot read `{}`", path.display()))
-        .with_source(error)
-        .with_hint("the deploying user must be able to read the key file")
+    Error::invalid_input(
+        "privateKeyPath",
+        format!("cannot read `{}`", path.display()),
+    )
+    .with_source(error)
+    .with_hint("the deploying user must be able to read the key file")
 }
 
 /// Decrypts `key` when it is encrypted, trying each passphrase in turn.
-fn unlock(key: PrivateKey, path: &Path, passphrases: &[Option<&SecretString>]) -> Result<PrivateKey> {
+fn unlock(
+    key: PrivateKey,
+    path: &Path,
+    passphrases: &[Option<&SecretString>],
+) -> Result<PrivateKey> {
     if !key.is_encrypted() {
         return Ok(key);
     }
@@ -452,7 +494,10 @@ fn unlock(key: PrivateKey, path: &Path, passphrases: &[Option<&SecretString>]) -
     if candidates.is_empty() {
         return Err(Error::invalid_input(
             "passphrase",
-            format!("`{}` is encrypted, but no passphrase is given", path.display()),
+            format!(
+                "`{}` is encrypted, but no passphrase is given",
+                path.display()
+            ),
         )
         .with_hint("set `passphrase` to the secret the key was encrypted with"));
     }
@@ -473,7 +518,12 @@ fn unlock(key: PrivateKey, path: &Path, passphrases: &[Option<&SecretString>]) -
 
 /// Writes `key` (decrypted) to `path` with `comment`, encrypted when a
 /// passphrase is given; returns the file's text.
-fn store(path: &Path, mut key: PrivateKey, comment: &str, passphrase: Option<&SecretString>) -> Result<String> {
+fn store(
+    path: &Path,
+    mut key: PrivateKey,
+    comment: &str,
+    passphrase: Option<&SecretString>,
+) -> Result<String> {
     key.set_comment(comment);
     let key = match passphrase {
         Some(passphrase) => key
@@ -541,11 +591,10 @@ fn spec_of(public: &PublicKey) -> Result<KeySpec> {
                 .unwrap_or(0),
         },
         other => {
-            return Err(Error::conflict(format!(
-                "unsupported key type {}",
-                other.algorithm()
-            ))
-            .with_hint("use an ed25519, rsa or ecdsa key"));
+            return Err(
+                Error::conflict(format!("unsupported key type {}", other.algorithm()))
+                    .with_hint("use an ed25519, rsa or ecdsa key"),
+            );
         }
     };
     Ok(spec)
@@ -605,27 +654,46 @@ mod tests {
 
     #[test]
     fn spec_defaults_and_validation() {
-        let spec = inputs(serde_json::json!({"privateKeyPath": "/k"})).spec().unwrap();
-        assert_eq!(spec, KeySpec { algorithm: KeyAlgorithm::Ed25519, bits: 256 });
-        let rsa = inputs(serde_json::json!({"privateKeyPath": "/k", "algorithm": "rsa"})).spec().unwrap();
+        let spec = inputs(serde_json::json!({"privateKeyPath": "/k"}))
+            .spec()
+            .unwrap();
+        assert_eq!(
+            spec,
+            KeySpec {
+                algorithm: KeyAlgorithm::Ed25519,
+                bits: 256
+            }
+        );
+        let rsa = inputs(serde_json::json!({"privateKeyPath": "/k", "algorithm": "rsa"}))
+            .spec()
+            .unwrap();
         assert_eq!(rsa.bits, 3072);
         let p384 = inputs(serde_json::json!({"privateKeyPath": "/k", "algorithm": "ecdsa", "ecdsaCurve": "P-384"}))
             .spec()
             .unwrap();
         assert_eq!(p384.bits, 384);
-        let weak = inputs(serde_json::json!({"privateKeyPath": "/k", "algorithm": "rsa", "rsaBits": 1024}))
-            .spec()
-            .unwrap_err();
+        let weak = inputs(
+            serde_json::json!({"privateKeyPath": "/k", "algorithm": "rsa", "rsaBits": 1024}),
+        )
+        .spec()
+        .unwrap_err();
         assert_eq!(weak.field(), Some("rsaBits"));
         let misplaced = inputs(serde_json::json!({"privateKeyPath": "/k", "rsaBits": 4096}))
             .spec()
             .unwrap_err();
-        assert!(misplaced.to_string().contains("only applies to algorithm \"rsa\""), "{misplaced}");
+        assert!(
+            misplaced
+                .to_string()
+                .contains("only applies to algorithm \"rsa\""),
+            "{misplaced}"
+        );
     }
 
     #[test]
     fn nix_store_paths_are_refused() {
-        let error = inputs(serde_json::json!({"privateKeyPath": "/nix/store/abc-key"})).path().unwrap_err();
+        let error = inputs(serde_json::json!({"privateKeyPath": "/nix/store/abc-key"}))
+            .path()
+            .unwrap_err();
         assert!(error.to_string().contains("Nix store"), "{error}");
     }
 }
