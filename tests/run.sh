@@ -8,17 +8,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/fedi-providers/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
-# Debian packages: ssh-keygen checks the keys we generate; nix-instantiate
-# parses the flake and the generated provider modules.
-need=()
-command -v ssh-keygen >/dev/null || need+=(openssh-client)
-command -v nix-instantiate >/dev/null || need+=(nix-bin)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing ${need[*]}" >&2
-  sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
-  $sudo_ apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -q --no-install-recommends "${need[@]}"
-fi
+bash tests/install-deps.sh
 
 echo "== cargo fmt" >&2
 cargo fmt --all -- --check
