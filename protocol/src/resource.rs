@@ -405,23 +405,37 @@ fn missing_field_name(message: &str) -> Option<String> {
 
 fn unknown_field_error<T: JsonSchema>(path: &str) -> Error {
     let schema = crate::schema::schema_value::<T>();
-    let (parent, field) = match path.rsplit_once('.') {
-        Some((parent, field)) => (Some(parent), field),
-        None => (None, path),
-    };
-    let valid = crate::schema::properties_at(&schema, parent.unwrap_or(""));
+    // `a.b.c` is field `c` of the object at `a.b`.
+    let parent = path.rsplit_once('.').map_or("", |(parent, _)| parent);
+    let valid = crate::schema::properties_at(&schema, parent);
     let hint = if valid.is_empty() {
         "remove it".to_string()
     } else {
         format!("remove it or use one of: {}", valid.join(", "))
     };
-    let _ = field;
     Error::invalid_input(
-        path,
+        bracket_indices(path),
         "unknown field (a typo, or an option of another provider version?); the provider does \
          not proceed with inputs it does not understand",
     )
     .with_hint(hint)
+}
+
+/// `disks.0.size` (serde_ignored's notation) as `disks[0].size`
+/// (serde_path_to_error's), so that all errors name paths alike.
+fn bracket_indices(path: &str) -> String {
+    let mut out = String::new();
+    for segment in path.split('.') {
+        if segment.parse::<usize>().is_ok() {
+            out.push_str(&format!("[{segment}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(segment);
+        }
+    }
+    out
 }
 
 fn describe_expected<T: JsonSchema>(field: &str) -> String {
@@ -429,5 +443,64 @@ fn describe_expected<T: JsonSchema>(field: &str) -> String {
     match crate::schema::property_type(&schema, field) {
         Some(ty) => format!("set `{field}` ({ty})"),
         None => format!("set `{field}`"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize, JsonSchema)]
+    #[serde(rename_all = "camelCase")]
+    struct Outer {
+        name: String,
+        #[serde(default)]
+        disks: Vec<Disk>,
+    }
+
+    #[derive(Debug, Deserialize, JsonSchema)]
+    #[serde(rename_all = "camelCase")]
+    struct Disk {
+        size_gib: u32,
+        #[serde(default)]
+        storage: Option<String>,
+    }
+
+    fn decode(value: serde_json::Value) -> Result<Outer> {
+        match value {
+            Value::Object(map) => decode_inputs::<Outer>(&map),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn unknown_nested_field_is_named_by_path_with_its_siblings() {
+        let error =
+            decode(serde_json::json!({"name": "a", "disks": [{"sizeGib": 1, "storag": "x"}]}))
+                .expect_err("unknown field");
+        assert_eq!(error.field(), Some("disks[0].storag"));
+        assert_eq!(
+            error.hint(),
+            Some("remove it or use one of: sizeGib, storage")
+        );
+    }
+
+    #[test]
+    fn mistyped_nested_field_is_named_by_path() {
+        let error = decode(serde_json::json!({"name": "a", "disks": [{"sizeGib": "big"}]}))
+            .expect_err("mistyped");
+        assert_eq!(error.field(), Some("disks[0].sizeGib"));
+        assert!(error.to_string().contains("expected u32"), "{error}");
+    }
+
+    #[test]
+    fn nulls_are_absent_and_valid_inputs_decode() {
+        let outer =
+            decode(serde_json::json!({"name": "a", "disks": [{"sizeGib": 3, "storage": null}]}))
+                .expect("valid");
+        assert_eq!(outer.disks[0].size_gib, 3);
+        assert_eq!(outer.disks[0].storage, None);
+        assert_eq!(outer.name, "a");
     }
 }

@@ -43,6 +43,32 @@ struct Target {
     resource_type: String,
 }
 
+/// A resource as recorded: where its provider is, its type, inputs and
+/// outputs.
+#[derive(clap::Args, Debug)]
+struct RecordedResource {
+    #[command(flatten)]
+    target: Target,
+    /// The input properties, as recorded.
+    #[arg(long("inputs-json"))]
+    inputs_json: String,
+    /// The output properties, as recorded.
+    #[arg(long("outputs-json"))]
+    outputs_json: String,
+}
+
+impl RecordedResource {
+    fn resource(&self) -> Result<ExtantResource, String> {
+        extant(
+            &self.target,
+            &self.inputs_json,
+            "--inputs-json",
+            &self.outputs_json,
+            "--outputs-json",
+        )
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Commands {
     /// Create a resource; prints its outputs.
@@ -77,48 +103,15 @@ enum Commands {
         previous_outputs_json: String,
     },
     /// Delete a resource (extension `xDeleteResourceRequest`).
-    Delete {
-        #[command(flatten)]
-        target: Target,
-        /// The input properties, as recorded.
-        #[arg(long("inputs-json"))]
-        inputs_json: String,
-        /// The output properties, as recorded.
-        #[arg(long("outputs-json"))]
-        outputs_json: String,
-    },
+    Delete(RecordedResource),
     /// Read (refresh) a resource and report drift (extension `xReadResourceRequest`).
-    Read {
-        #[command(flatten)]
-        target: Target,
-        /// The input properties, as recorded.
-        #[arg(long("inputs-json"))]
-        inputs_json: String,
-        /// The output properties, as recorded.
-        #[arg(long("outputs-json"))]
-        outputs_json: String,
-    },
+    Read(RecordedResource),
     /// Read the deployment state from a state-storage resource.
-    StateRead {
-        #[command(flatten)]
-        target: Target,
-        /// The state resource's input properties.
-        #[arg(long("inputs-json"))]
-        inputs_json: String,
-        /// The state resource's output properties.
-        #[arg(long("outputs-json"))]
-        outputs_json: String,
-    },
+    StateRead(RecordedResource),
     /// Send a state event to a state-storage resource.
     StateEvent {
         #[command(flatten)]
-        target: Target,
-        /// The state resource's input properties.
-        #[arg(long("inputs-json"))]
-        inputs_json: String,
-        /// The state resource's output properties.
-        #[arg(long("outputs-json"))]
-        outputs_json: String,
+        recorded: RecordedResource,
         /// The operation that produced this change.
         #[arg(long)]
         event: String,
@@ -202,72 +195,34 @@ fn run(command: Commands) -> Result<String, String> {
             });
             (target, request)
         }
-        Commands::Delete {
-            target,
-            inputs_json,
-            outputs_json,
-        } => {
-            let resource = extant(
-                &target,
-                &inputs_json,
-                "--inputs-json",
-                &outputs_json,
-                "--outputs-json",
-            )?;
+        Commands::Delete(recorded) => {
+            let resource = recorded.resource()?;
             (
-                target,
+                recorded.target,
                 Request::XDeleteResourceRequest(DeleteResourceRequest { resource }),
             )
         }
-        Commands::Read {
-            target,
-            inputs_json,
-            outputs_json,
-        } => {
-            let resource = extant(
-                &target,
-                &inputs_json,
-                "--inputs-json",
-                &outputs_json,
-                "--outputs-json",
-            )?;
+        Commands::Read(recorded) => {
+            let resource = recorded.resource()?;
             (
-                target,
+                recorded.target,
                 Request::XReadResourceRequest(ReadResourceRequest { resource }),
             )
         }
-        Commands::StateRead {
-            target,
-            inputs_json,
-            outputs_json,
-        } => {
-            let resource = extant(
-                &target,
-                &inputs_json,
-                "--inputs-json",
-                &outputs_json,
-                "--outputs-json",
-            )?;
+        Commands::StateRead(recorded) => {
+            let resource = recorded.resource()?;
             (
-                target,
+                recorded.target,
                 Request::StateResourceReadRequest(StateResourceReadRequest { resource }),
             )
         }
         Commands::StateEvent {
-            target,
-            inputs_json,
-            outputs_json,
+            recorded,
             event,
             nixops_version,
             patch_json,
         } => {
-            let resource = extant(
-                &target,
-                &inputs_json,
-                "--inputs-json",
-                &outputs_json,
-                "--outputs-json",
-            )?;
+            let resource = recorded.resource()?;
             let patch: json_patch::Patch = serde_json::from_str(&patch_json)
                 .map_err(|e| format!("--patch-json is not a JSON Patch: {e}"))?;
             let request = Request::StateResourceEvent(StateResourceEvent {
@@ -276,7 +231,7 @@ fn run(command: Commands) -> Result<String, String> {
                 nixops_version,
                 patch,
             });
-            (target, request)
+            (recorded.target, request)
         }
     };
     let response = exchange(&target.provider_exe, &request)?;
