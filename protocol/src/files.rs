@@ -11,10 +11,9 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// Set to `abort-before-rename` to make [`write_private_atomic`] abort the
-/// process after writing the temporary file and before renaming it into
-/// place: the worst moment to crash. For tests that check crash safety.
-pub const FAULT_ENV: &str = "FEDI_TEST_FAULT";
+/// The [fault point](crate::fault) after the temporary file is written and
+/// before it is renamed into place: the worst moment to crash.
+pub const FAULT_BEFORE_RENAME: &str = "abort-before-rename";
 
 const TEMP_MARKER: &str = ".fedi-tmp-";
 
@@ -37,9 +36,7 @@ pub fn write_private_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()>
         file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         file.write_all(contents)?;
         file.sync_all()?;
-        if std::env::var(FAULT_ENV).is_ok_and(|v| v == "abort-before-rename") {
-            std::process::abort();
-        }
+        crate::fault::point(FAULT_BEFORE_RENAME);
         std::fs::rename(&temp_path, path)?;
         // Make the rename itself durable.
         File::open(&dir)?.sync_all()

@@ -59,6 +59,7 @@
 pub mod client;
 pub mod docgen;
 pub mod error;
+pub mod fault;
 pub mod files;
 pub mod logging;
 pub mod resource;

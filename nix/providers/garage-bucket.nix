@@ -1,0 +1,406 @@
+# Generated from `fedi-garage-bucket --schema` by `fedi-resource-runner generate`.
+# Do not edit: change the provider's Rust types and regenerate.
+{ package }:
+{ lib, resourceProviderSystem, ... }:
+let
+  inherit (lib) mkOption types;
+in
+{
+  name = "garage-bucket";
+  description = ''
+    Buckets and access keys on a Garage cluster (admin API v2): buckets with quotas, website access, CORS and a keep-or-purge choice for their data; access keys with exact permissions, their secrets kept in files on the deploying machine.
+  '';
+  executable = "${package resourceProviderSystem}/bin/fedi-garage-bucket";
+  resourceTypes = {
+    bucket = {
+      description = ''
+        A Garage bucket: global alias, quotas, website access, CORS rules, and whether deleting it keeps or purges its data. An existing bucket with the same alias is adopted and brought to the declared settings.
+
+        Supports, beyond NixOps4 v0: delete (`xDeleteResourceRequest`), read (`xReadResourceRequest`).
+      '';
+      requireState = true;
+      inputs = {
+        options = {
+          corsRules = mkOption {
+            type = types.nullOr (types.listOf (types.submodule {
+              options = {
+                allowedHeaders = mkOption {
+                  type = types.listOf (types.str);
+                  default = [ ];
+                  description = ''
+                    Request headers allowed (`*` for any).
+                  '';
+                };
+                allowedMethods = mkOption {
+                  type = types.listOf (types.str);
+                  description = ''
+                    HTTP methods allowed: `GET`, `PUT`, `POST`, `DELETE`, `HEAD`.
+                  '';
+                };
+                allowedOrigins = mkOption {
+                  type = types.listOf (types.str);
+                  description = ''
+                    Origins allowed, e.g. `["https://video.example.org"]` or `["*"]`.
+                  '';
+                };
+                exposeHeaders = mkOption {
+                  type = types.listOf (types.str);
+                  default = [ ];
+                  description = ''
+                    Response headers the browser may read.
+                  '';
+                };
+                maxAgeSeconds = mkOption {
+                  type = types.nullOr (types.ints.unsigned);
+                  default = null;
+                  description = ''
+                    How long browsers may cache the preflight answer, in seconds.
+                  '';
+                };
+              };
+            }));
+            default = null;
+            description = ''
+              CORS rules, for browsers fetching objects from other origins (e.g.
+              PeerTube's player). Empty: no CORS.
+            '';
+          };
+          garage = mkOption {
+            type = types.submodule {
+              options = {
+                adminEndpoint = mkOption {
+                  type = types.str;
+                  description = ''
+                    URL of the admin API (`[admin] api_bind_addr` in garage.toml), e.g.
+                    `https://garage-admin.example.org` or `http://[::1]:3903`. HTTPS
+                    certificates are verified against the system's trusted roots.
+                  '';
+                };
+                adminToken = mkOption {
+                  type = types.submodule {
+                    options = {
+                      env = mkOption {
+                        type = types.nullOr (types.str);
+                        default = null;
+                        description = ''
+                          Name of an environment variable holding the secret.
+                        '';
+                      };
+                      file = mkOption {
+                        type = types.nullOr (types.str);
+                        default = null;
+                        description = ''
+                          Path of a file holding the secret.
+                        '';
+                      };
+                    };
+                  };
+                  description = ''
+                    The admin API token (`admin_token` in garage.toml, or a token made
+                    with `garage admin-token create`), read from a file or an
+                    environment variable.
+                  '';
+                };
+                region = mkOption {
+                  type = types.str;
+                  default = "garage";
+                  description = ''
+                    S3 region (`[s3_api] s3_region`).
+                  '';
+                };
+                s3Endpoint = mkOption {
+                  type = types.str;
+                  description = ''
+                    URL of the S3 API (`[s3_api] api_bind_addr`), e.g.
+                    `https://s3.example.org`. Used for outputs, `onDelete = "purge"` and
+                    `verify`.
+                  '';
+                };
+                webEndpoint = mkOption {
+                  type = types.nullOr (types.str);
+                  default = null;
+                  description = ''
+                    Base URL of the `[s3_web]` endpoint, with its `root_domain` as the
+                    host, e.g. `https://web.example.org`: a website bucket `b` is then
+                    served at `https://b.web.example.org/`. Without it, no website URL
+                    is output.
+                  '';
+                };
+              };
+            };
+            description = ''
+              How to reach Garage.
+            '';
+          };
+          maxObjects = mkOption {
+            type = types.nullOr (types.ints.unsigned);
+            default = null;
+            description = ''
+              Object count limit; unset means unlimited.
+            '';
+          };
+          maxSize = mkOption {
+            type = types.nullOr (types.ints.unsigned);
+            default = null;
+            description = ''
+              Size limit in bytes; unset means unlimited.
+            '';
+          };
+          name = mkOption {
+            type = types.str;
+            description = ''
+              The bucket's global alias: the name S3 clients use. 3 to 63
+              characters: lowercase letters, digits, `-` and `.`. Changing it
+              renames the bucket (the data stays).
+            '';
+          };
+          onDelete = mkOption {
+            type = types.enum [ "keep" "purge" ];
+            default = "keep";
+            description = ''
+              What deleting the resource does with the bucket's data: `keep`
+              refuses to delete a bucket that still holds objects (the data stays,
+              and the error says so); `purge` deletes every object and unfinished
+              upload, then the bucket.
+            '';
+          };
+          website = mkOption {
+            type = types.nullOr (types.submodule {
+              options = {
+                errorDocument = mkOption {
+                  type = types.nullOr (types.str);
+                  default = null;
+                  description = ''
+                    The object served when a key is not found.
+                  '';
+                };
+                indexDocument = mkOption {
+                  type = types.str;
+                  default = "index.html";
+                  description = ''
+                    The object served for a directory (a key ending in `/`).
+                  '';
+                };
+              };
+            });
+            default = null;
+            description = ''
+              Serve the bucket's objects publicly through Garage's `[s3_web]`
+              endpoint. Unset: no website access.
+            '';
+          };
+        };
+      };
+      outputs = {
+        options = {
+          bucketId = mkOption {
+            type = types.str;
+            description = ''
+              Garage's id of the bucket.
+            '';
+          };
+          name = mkOption {
+            type = types.str;
+            description = ''
+              The global alias (S3 bucket name).
+            '';
+          };
+          region = mkOption {
+            type = types.str;
+            description = ''
+              The S3 region.
+            '';
+          };
+          s3Endpoint = mkOption {
+            type = types.str;
+            description = ''
+              The S3 endpoint to configure applications with.
+            '';
+          };
+          websiteUrl = mkOption {
+            type = types.nullOr (types.str);
+            default = null;
+            description = ''
+              The public URL of the website, when website access is on and
+              `garage.webEndpoint` is set.
+            '';
+          };
+        };
+      };
+    };
+    key = {
+      description = ''
+        A Garage access key with exact permissions on buckets and the bucket-creation right. Its secret is written to a file (mode 0600) on the deploying machine, never output; a missing file is fetched again from Garage.
+
+        Supports, beyond NixOps4 v0: delete (`xDeleteResourceRequest`), read (`xReadResourceRequest`).
+      '';
+      requireState = true;
+      inputs = {
+        options = {
+          allowCreateBucket = mkOption {
+            type = types.bool;
+            default = false;
+            description = ''
+              Whether the key may create buckets.
+            '';
+          };
+          garage = mkOption {
+            type = types.submodule {
+              options = {
+                adminEndpoint = mkOption {
+                  type = types.str;
+                  description = ''
+                    URL of the admin API (`[admin] api_bind_addr` in garage.toml), e.g.
+                    `https://garage-admin.example.org` or `http://[::1]:3903`. HTTPS
+                    certificates are verified against the system's trusted roots.
+                  '';
+                };
+                adminToken = mkOption {
+                  type = types.submodule {
+                    options = {
+                      env = mkOption {
+                        type = types.nullOr (types.str);
+                        default = null;
+                        description = ''
+                          Name of an environment variable holding the secret.
+                        '';
+                      };
+                      file = mkOption {
+                        type = types.nullOr (types.str);
+                        default = null;
+                        description = ''
+                          Path of a file holding the secret.
+                        '';
+                      };
+                    };
+                  };
+                  description = ''
+                    The admin API token (`admin_token` in garage.toml, or a token made
+                    with `garage admin-token create`), read from a file or an
+                    environment variable.
+                  '';
+                };
+                region = mkOption {
+                  type = types.str;
+                  default = "garage";
+                  description = ''
+                    S3 region (`[s3_api] s3_region`).
+                  '';
+                };
+                s3Endpoint = mkOption {
+                  type = types.str;
+                  description = ''
+                    URL of the S3 API (`[s3_api] api_bind_addr`), e.g.
+                    `https://s3.example.org`. Used for outputs, `onDelete = "purge"` and
+                    `verify`.
+                  '';
+                };
+                webEndpoint = mkOption {
+                  type = types.nullOr (types.str);
+                  default = null;
+                  description = ''
+                    Base URL of the `[s3_web]` endpoint, with its `root_domain` as the
+                    host, e.g. `https://web.example.org`: a website bucket `b` is then
+                    served at `https://b.web.example.org/`. Without it, no website URL
+                    is output.
+                  '';
+                };
+              };
+            };
+            description = ''
+              How to reach Garage.
+            '';
+          };
+          name = mkOption {
+            type = types.str;
+            description = ''
+              The key's name in Garage. The access key id is derived from it (so
+              that a retried create finds the key); changing the name later only
+              renames the key.
+            '';
+          };
+          permissions = mkOption {
+            type = types.nullOr (types.listOf (types.submodule {
+              options = {
+                bucket = mkOption {
+                  type = types.str;
+                  description = ''
+                    The bucket: its id (a `bucket` resource's `bucketId` output, which
+                    saves a lookup) or its global alias (its `name` output).
+                  '';
+                };
+                owner = mkOption {
+                  type = types.bool;
+                  default = false;
+                  description = ''
+                    May change the bucket's settings (website, CORS) through S3.
+                  '';
+                };
+                read = mkOption {
+                  type = types.bool;
+                  default = false;
+                  description = ''
+                    May read objects.
+                  '';
+                };
+                write = mkOption {
+                  type = types.bool;
+                  default = false;
+                  description = ''
+                    May write and delete objects.
+                  '';
+                };
+              };
+            }));
+            default = null;
+            description = ''
+              The key's permissions, exactly: permissions on buckets not listed
+              here, and flags not set, are removed.
+            '';
+          };
+          secretKeyPath = mkOption {
+            type = types.str;
+            description = ''
+              Where the secret access key is written on the deploying machine
+              (mode 0600, atomically; missing directories are created 0700). Hand
+              it to services as a key file (e.g. `nixos-config` secrets), never
+              through the Nix store.
+            '';
+          };
+          verify = mkOption {
+            type = types.bool;
+            default = false;
+            description = ''
+              After each create or update, prove the permissions through the S3
+              API: with read and write, put, get and delete a probe object; with
+              read only, list the bucket. A wrong permission then fails the
+              deployment rather than the service later.
+            '';
+          };
+        };
+      };
+      outputs = {
+        options = {
+          accessKeyId = mkOption {
+            type = types.str;
+            description = ''
+              The access key id (`GK...`).
+            '';
+          };
+          name = mkOption {
+            type = types.str;
+            description = ''
+              The key's name.
+            '';
+          };
+          secretKeyPath = mkOption {
+            type = types.str;
+            description = ''
+              Absolute path of the file holding the secret access key.
+            '';
+          };
+        };
+      };
+    };
+  };
+}

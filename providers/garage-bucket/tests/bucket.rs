@@ -1,0 +1,405 @@
+//! `bucket` against a real Garage server.
+
+mod common;
+
+use common::{GarageServer, block_on, provider};
+use serde_json::{Value, json};
+
+fn inputs(garage: &GarageServer, extra: Value) -> Value {
+    let mut inputs = json!({"garage": garage.connection()});
+    inputs
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    inputs
+}
+
+fn put(garage: &GarageServer, bucket: &str, key: &str, body: &str) {
+    let (id, secret) = garage.test_key(bucket);
+    let s3 = garage.s3(&id, &secret);
+    block_on(
+        s3.put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(body.as_bytes().to_vec().into())
+            .send(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn lifecycle_settings_rename_and_delete() {
+    let garage = GarageServer::start();
+    let declared = inputs(
+        &garage,
+        json!({
+            "name": "media",
+            "maxSize": 1_000_000,
+            "maxObjects": 100,
+            "website": {"indexDocument": "index.html", "errorDocument": "404.html"},
+            "corsRules": [{"allowedOrigins": ["https://video.example.org"], "allowedMethods": ["GET", "HEAD"], "maxAgeSeconds": 600}],
+        }),
+    );
+    let outputs = provider()
+        .create("bucket", declared.clone(), true)
+        .outputs();
+    let info = garage.bucket_info("media").expect("the bucket exists");
+    assert_eq!(outputs["bucketId"], info["id"]);
+    assert_eq!(outputs["name"], "media");
+    assert_eq!(
+        outputs["s3Endpoint"],
+        format!("http://127.0.0.1:{}", garage.s3_port)
+    );
+    assert_eq!(outputs["region"], "garage");
+    assert_eq!(
+        outputs["websiteUrl"],
+        format!("http://media.web.garage.localhost:{}/", garage.web_port)
+    );
+    assert_eq!(
+        info["quotas"],
+        json!({"maxSize": 1_000_000, "maxObjects": 100})
+    );
+    assert_eq!(info["websiteAccess"], true);
+    assert_eq!(info["websiteConfig"]["indexDocument"], "index.html");
+    assert_eq!(info["websiteConfig"]["errorDocument"], "404.html");
+    assert_eq!(
+        info["corsRules"][0]["AllowedOrigin"],
+        json!(["https://video.example.org"])
+    );
+    assert_eq!(info["corsRules"][0]["MaxAgeSeconds"], 600);
+
+    let read = provider()
+        .read("bucket", declared.clone(), outputs.clone())
+        .body("xReadResourceResponse");
+    assert_eq!(read["drift"], json!([]), "in sync right after create");
+
+    // Change one quota: the other is kept.
+    let mut bigger = declared.clone();
+    bigger["maxSize"] = json!(2_000_000);
+    let updated = provider()
+        .update("bucket", bigger.clone(), declared, outputs.clone())
+        .outputs();
+    assert_eq!(updated["bucketId"], outputs["bucketId"]);
+    assert_eq!(
+        garage.bucket_info("media").unwrap()["quotas"],
+        json!({"maxSize": 2_000_000, "maxObjects": 100})
+    );
+
+    // Rename: same bucket, new alias, old alias gone; website off, no CORS.
+    let renamed = inputs(
+        &garage,
+        json!({"name": "media-renamed", "maxSize": 2_000_000, "maxObjects": 100}),
+    );
+    let after = provider()
+        .update("bucket", renamed.clone(), bigger, updated)
+        .outputs();
+    assert_eq!(after["bucketId"], outputs["bucketId"]);
+    assert!(after.get("websiteUrl").is_none());
+    assert!(garage.bucket_info("media").is_none());
+    let info = garage.bucket_info("media-renamed").unwrap();
+    assert_eq!(info["websiteAccess"], false);
+    assert_eq!(info["corsRules"].as_array().map(Vec::len).unwrap_or(0), 0);
+
+    // Delete (empty, keep): gone; again: still fine.
+    provider()
+        .delete("bucket", renamed.clone(), after.clone())
+        .body("xDeleteResourceResponse");
+    assert!(garage.bucket_info("media-renamed").is_none());
+    provider()
+        .delete("bucket", renamed.clone(), after.clone())
+        .body("xDeleteResourceResponse");
+    let read = provider()
+        .read("bucket", renamed, after)
+        .body("xReadResourceResponse");
+    assert_eq!(read, json!({"exists": false, "drift": []}));
+}
+
+#[test]
+fn a_create_retried_after_a_crash_adopts_the_bucket() {
+    let garage = GarageServer::start();
+    let declared = inputs(&garage, json!({"name": "crashy", "maxObjects": 7}));
+    let request = json!({"createResourceRequest": {"type": "bucket", "inputProperties": declared, "isStateful": true}});
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fedi-garage-bucket"))
+        .env("FEDI_TEST_FAULT", "after-bucket-create")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            writeln!(child.stdin.take().unwrap(), "{request}")?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        !output.status.success() && output.stdout.is_empty(),
+        "killed before answering"
+    );
+    let made = garage
+        .bucket_info("crashy")
+        .expect("the crashed run made the bucket");
+
+    let outputs = provider().create("bucket", declared, true).outputs();
+    assert_eq!(outputs["bucketId"], made["id"], "the retry adopted it");
+    let buckets = garage.admin(reqwest::Method::GET, "ListBuckets", &[], None);
+    assert_eq!(
+        buckets.as_array().unwrap().len(),
+        1,
+        "no duplicate: {buckets}"
+    );
+    assert_eq!(
+        garage.bucket_info("crashy").unwrap()["quotas"]["maxObjects"],
+        7
+    );
+}
+
+#[test]
+fn website_access_serves_public_reads() {
+    let garage = GarageServer::start();
+    let site = inputs(&garage, json!({"name": "site", "website": {}}));
+    let outputs = provider().create("bucket", site.clone(), true).outputs();
+    put(&garage, "site", "index.html", "<h1>hello fediverse</h1>");
+    assert_eq!(
+        garage.web_get("site", "/"),
+        (200, "<h1>hello fediverse</h1>".to_string())
+    );
+
+    let private = inputs(&garage, json!({"name": "site"}));
+    provider()
+        .update("bucket", private, site, outputs)
+        .outputs();
+    let (status, _) = garage.web_get("site", "/");
+    assert_ne!(status, 200, "website access is off again");
+}
+
+#[test]
+fn cors_rules_are_served() {
+    let garage = GarageServer::start();
+    let declared = inputs(
+        &garage,
+        json!({
+            "name": "videos",
+            "corsRules": [{"allowedOrigins": ["https://video.example.org"], "allowedMethods": ["GET"], "allowedHeaders": ["*"]}],
+        }),
+    );
+    provider().create("bucket", declared, true).outputs();
+    let preflight = |origin: &str| {
+        reqwest::blocking::Client::new()
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("http://127.0.0.1:{}/videos/clip.mp4", garage.s3_port),
+            )
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "GET")
+            .send()
+            .unwrap()
+    };
+    let allowed = preflight("https://video.example.org");
+    assert!(allowed.status().is_success(), "{}", allowed.status());
+    assert_eq!(
+        allowed
+            .headers()
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
+        Some("https://video.example.org")
+    );
+    // Garage refuses a preflight no rule allows (its error answers carry a
+    // generic `*` header, so the status is what tells).
+    let other = preflight("https://evil.example.com");
+    assert_eq!(other.status(), reqwest::StatusCode::FORBIDDEN);
+}
+
+#[test]
+fn keep_refuses_to_delete_data_and_purge_removes_everything() {
+    let garage = GarageServer::start();
+    let keep = inputs(&garage, json!({"name": "precious"}));
+    let outputs = provider().create("bucket", keep.clone(), true).outputs();
+    let (id, secret) = garage.test_key("precious");
+    let s3 = garage.s3(&id, &secret);
+    block_on(async {
+        for i in 0..3 {
+            s3.put_object()
+                .bucket("precious")
+                .key(format!("toot-{i}.jpg"))
+                .body(vec![7u8; 1000].into())
+                .send()
+                .await
+                .unwrap();
+        }
+        let upload = s3
+            .create_multipart_upload()
+            .bucket("precious")
+            .key("big.mp4")
+            .send()
+            .await
+            .unwrap();
+        s3.upload_part()
+            .bucket("precious")
+            .key("big.mp4")
+            .upload_id(upload.upload_id().unwrap())
+            .part_number(1)
+            .body(vec![1u8; 1024].into())
+            .send()
+            .await
+            .unwrap();
+    });
+
+    let message = provider()
+        .delete("bucket", keep.clone(), outputs.clone())
+        .error_message();
+    assert!(
+        message.contains("conflict: bucket `precious` still holds 3 objects"),
+        "{message}"
+    );
+    assert!(message.contains("onDelete = \"purge\""), "{message}");
+    assert_eq!(
+        garage.bucket_info("precious").unwrap()["objects"],
+        3,
+        "the data is still there"
+    );
+
+    let purge = inputs(&garage, json!({"name": "precious", "onDelete": "purge"}));
+    let outputs = provider()
+        .update("bucket", purge.clone(), keep, outputs)
+        .outputs();
+    provider()
+        .delete("bucket", purge, outputs)
+        .body("xDeleteResourceResponse");
+    assert!(garage.bucket_info("precious").is_none());
+    let keys = garage.admin(reqwest::Method::GET, "ListKeys", &[], None);
+    let names: Vec<&str> = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["test-key"], "the temporary purge key is gone");
+}
+
+#[test]
+fn read_reports_drift() {
+    let garage = GarageServer::start();
+    let declared = inputs(&garage, json!({"name": "drifty", "maxSize": 1000}));
+    let outputs = provider()
+        .create("bucket", declared.clone(), true)
+        .outputs();
+    garage.admin(
+        reqwest::Method::POST,
+        "UpdateBucket",
+        &[("id", outputs["bucketId"].as_str().unwrap())],
+        Some(json!({"quotas": {"maxSize": 5000, "maxObjects": null}, "websiteAccess": {"enabled": true, "indexDocument": "x.html"}})),
+    );
+    let read = provider()
+        .read("bucket", declared, outputs)
+        .body("xReadResourceResponse");
+    let properties: Vec<&str> = read["drift"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["property"].as_str().unwrap())
+        .collect();
+    assert_eq!(properties, ["maxSize", "website"], "{read}");
+}
+
+#[test]
+fn bad_inputs_and_backend_failures_are_clear_errors() {
+    let garage = GarageServer::start();
+    let cases = [
+        (
+            json!({"name": "Bad_Name"}),
+            "invalid input `name`: \"Bad_Name\" is not a valid bucket name",
+        ),
+        (
+            json!({"name": "okay", "corsRules": [{"allowedOrigins": ["*"], "allowedMethods": ["FETCH"]}]}),
+            "invalid input `corsRules[0].allowedMethods`: \"FETCH\"",
+        ),
+        (
+            json!({"name": "okay", "onDelete": "shred"}),
+            "invalid input `onDelete`: unknown variant `shred`",
+        ),
+        (
+            json!({"name": "okay", "maxSize": -1}),
+            "invalid input `maxSize`",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let message = provider()
+            .create("bucket", inputs(&garage, extra), true)
+            .error_message();
+        assert!(
+            message.contains(expected),
+            "{message}\nshould contain: {expected}"
+        );
+    }
+
+    // A wrong admin token: refused, and never echoed.
+    let wrong = garage.dir.path().join("wrong-token");
+    std::fs::write(&wrong, "not-the-token-5c8e").unwrap();
+    let mut declared = inputs(&garage, json!({"name": "okay"}));
+    declared["garage"]["adminToken"] = json!({"file": wrong});
+    let exchange = provider()
+        .env("FEDI_LOG", "trace")
+        .create("bucket", declared, true);
+    let message = exchange.error_message();
+    assert!(message.contains("permission denied"), "{message}");
+    assert!(message.contains("garage.adminToken"), "{message}");
+    assert!(!message.contains("not-the-token") && !exchange.stderr.contains("not-the-token"));
+
+    // A missing token file.
+    let mut declared = inputs(&garage, json!({"name": "okay"}));
+    declared["garage"]["adminToken"] = json!({"file": garage.dir.path().join("nope")});
+    let message = provider().create("bucket", declared, true).error_message();
+    assert!(
+        message.contains("invalid input `garage.adminToken`: cannot read secret file"),
+        "{message}"
+    );
+
+    // Garage down: a port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut declared = inputs(&garage, json!({"name": "okay"}));
+    declared["garage"]["adminEndpoint"] = json!(format!("http://127.0.0.1:{closed}"));
+    let message = provider().create("bucket", declared, true).error_message();
+    assert!(
+        message.contains("backend unavailable (retryable): cannot reach the Garage admin API"),
+        "{message}"
+    );
+    assert!(message.contains("garage.adminEndpoint"), "{message}");
+}
+
+#[test]
+fn the_admin_token_never_reaches_logs_or_responses() {
+    let garage = GarageServer::start();
+    let declared = inputs(&garage, json!({"name": "quiet", "onDelete": "purge"}));
+    let verbose = provider().env("FEDI_LOG", "trace");
+    let created = verbose.create("bucket", declared.clone(), true);
+    let outputs = created.outputs();
+    put(&garage, "quiet", "x", "y");
+    let read = verbose.read("bucket", declared.clone(), outputs.clone());
+    let deleted = verbose.delete("bucket", declared, outputs);
+    deleted.body("xDeleteResourceResponse");
+    for exchange in [&created, &read, &deleted] {
+        assert!(
+            !exchange.stderr.contains(common::ADMIN_TOKEN),
+            "{}",
+            exchange.stderr
+        );
+        assert!(!exchange.response.to_string().contains(common::ADMIN_TOKEN));
+    }
+    assert!(
+        deleted.stderr.contains("purged the bucket's data"),
+        "{}",
+        deleted.stderr
+    );
+}
+
+#[test]
+fn generated_nix_module_and_reference_are_in_sync() {
+    fedi_protocol::testkit::assert_generated_in_sync(
+        env!("CARGO_BIN_EXE_fedi-garage-bucket"),
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."),
+    );
+}
