@@ -1,0 +1,742 @@
+//! `vm` against the Proxmox VE test server (`tests/pve`).
+
+mod pve;
+
+use std::path::Path;
+
+use fedi_protocol::testkit::{Harness, Redactions};
+use pve::{Pve, TOKEN_SECRET};
+use serde_json::{Value, json};
+
+fn provider() -> Harness {
+    Harness::new(env!("CARGO_BIN_EXE_fedi-proxmox-vm"))
+}
+
+fn inputs(pve: &Pve, extra: Value) -> Value {
+    let mut inputs = json!({
+        "proxmox": pve.connection(),
+        "node": "pve1",
+        "template": {"name": "debian-12"},
+        "name": "web1",
+        "timeouts": {"agentSeconds": 10, "cloneSeconds": 20, "taskSeconds": 10, "shutdownSeconds": 2},
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        inputs[k] = v.clone();
+    }
+    inputs
+}
+
+fn vmid(outputs: &Value) -> u32 {
+    outputs["vmid"].as_u64().unwrap() as u32
+}
+
+const KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHo7m0d5yXbGv3fY2t6H8XyJ3kqkqjVQm9yq2m3H1Pp0 deployer";
+
+#[test]
+fn create_with_every_input_then_update_read_and_delete() {
+    let pve = Pve::start();
+    let declared = inputs(
+        &pve,
+        json!({
+            "fullClone": true,
+            "storage": "fast",
+            "pool": "operators",
+            "description": "Mastodon for alice",
+            "tags": ["Fediversity", "mastodon", "alice"],
+            "cores": 2,
+            "sockets": 1,
+            "memory": 4096,
+            "balloon": 2048,
+            "disks": [{"slot": "scsi0", "sizeGib": 20}, {"slot": "scsi1", "sizeGib": 50}],
+            "networks": [{"bridge": "vmbr0", "vlan": 42, "firewall": true}, {"bridge": "vmbr1", "model": "e1000", "mac": "BC:24:11:AA:BB:CC"}],
+            "onBoot": true,
+            "protection": false,
+            "cloudInit": {
+                "user": "deployer",
+                "sshKeys": [KEY],
+                "ipConfigs": [{"ipv4": "192.0.2.10/24", "gateway4": "192.0.2.1", "ipv6": "2001:db8::10/64", "gateway6": "2001:db8::1"}, {"ipv4": "dhcp"}],
+                "nameservers": ["192.0.2.53", "2001:db8::53"],
+                "searchDomain": "alice.example",
+            },
+        }),
+    );
+    let created = provider().create("vm", declared.clone(), true);
+    let outputs = created.outputs();
+    let id = vmid(&outputs);
+    assert!(id >= 100, "{outputs}");
+    assert_eq!(outputs["node"], "pve1");
+    assert_eq!(outputs["name"], "web1");
+    assert_eq!(outputs["ipv4Addresses"], json!(["192.0.2.10"]));
+    assert_eq!(outputs["ipv6Addresses"], json!(["2001:db8::10"]));
+    let vm = pve.vm(id).unwrap();
+    assert!(vm.running, "started");
+    assert_eq!(outputs["sshHostKey"], json!(pve::host_key(id, &vm)));
+    let config = vm.config;
+    assert_eq!(config["name"], "web1");
+    assert_eq!(
+        config["description"],
+        format!("Mastodon for alice\n<!-- managed by fedi-proxmox-vm -->")
+    );
+    assert_eq!(config["tags"], "alice;fediversity;mastodon");
+    assert_eq!(
+        (config["cores"].clone(), config["sockets"].clone()),
+        (json!(2), json!(1))
+    );
+    assert_eq!(config["memory"], "4096");
+    assert_eq!(config["balloon"], 2048);
+    assert_eq!(config["onboot"], 1);
+    assert!(
+        config.get("protection").is_none_or(|p| p == 0),
+        "no protection"
+    );
+    assert!(
+        config["scsi0"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("fast:vm-{id}-disk-0")),
+        "cloned to the storage: {}",
+        config["scsi0"]
+    );
+    assert!(
+        config["scsi0"].as_str().unwrap().ends_with("size=20G"),
+        "grown: {}",
+        config["scsi0"]
+    );
+    assert!(
+        config["scsi1"].as_str().unwrap().starts_with("fast:")
+            && config["scsi1"].as_str().unwrap().ends_with("size=50G"),
+        "{}",
+        config["scsi1"]
+    );
+    let net0 = config["net0"].as_str().unwrap();
+    assert!(
+        net0.starts_with("virtio=BC:24:11:")
+            && net0.contains("bridge=vmbr0")
+            && net0.contains("tag=42")
+            && net0.contains("firewall=1"),
+        "{net0}"
+    );
+    assert_eq!(config["net1"], "e1000=BC:24:11:AA:BB:CC,bridge=vmbr1");
+    assert_eq!(
+        outputs["macAddresses"],
+        json!([net0[7..24].to_string(), "BC:24:11:AA:BB:CC"])
+    );
+    assert_eq!(config["ciuser"], "deployer");
+    assert_eq!(
+        config["sshkeys"],
+        KEY.replace(' ', "%20").replace('+', "%2B")
+    );
+    assert_eq!(
+        config["ipconfig0"],
+        "ip=192.0.2.10/24,gw=192.0.2.1,ip6=2001:db8::10/64,gw6=2001:db8::1"
+    );
+    assert_eq!(config["ipconfig1"], "ip=dhcp");
+    assert_eq!(config["nameserver"], "192.0.2.53 2001:db8::53");
+    assert_eq!(config["searchdomain"], "alice.example");
+    assert_eq!(config["agent"], "1");
+    assert!(!config.contains_key("lock"));
+
+    let read = provider()
+        .read("vm", declared.clone(), outputs.clone())
+        .body("xReadResourceResponse");
+    assert_eq!(read["drift"], json!([]), "in sync right after create");
+    assert_eq!(read["outputProperties"], outputs);
+
+    // Same tags in another order: nothing to change.
+    let mut reordered = declared.clone();
+    reordered["tags"] = json!(["alice", "MASTODON", "fediversity"]);
+    pve.take_log();
+    let same = provider()
+        .update("vm", reordered.clone(), declared.clone(), outputs.clone())
+        .outputs();
+    assert_eq!(same, outputs);
+    let log = pve.take_log();
+    assert!(
+        !log.iter()
+            .any(|l| l.starts_with("POST") || l.starts_with("PUT")),
+        "no change sent: {log:?}"
+    );
+
+    // Update in place: CPU, memory, disk growth, network, cloud-init, tags, description.
+    let mut changed = reordered.clone();
+    changed["cores"] = json!(4);
+    changed["memory"] = json!(8192);
+    changed["disks"][0]["sizeGib"] = json!(30);
+    changed["networks"] = json!([{"bridge": "vmbr2"}]);
+    changed["cloudInit"]["ipConfigs"] = json!([{"ipv4": "dhcp", "ipv6": "auto"}]);
+    changed["cloudInit"]["nameservers"] = json!([]);
+    changed["tags"] = json!(["alice"]);
+    changed["description"] = json!("moved");
+    let updated = provider()
+        .update("vm", changed.clone(), reordered, outputs.clone())
+        .outputs();
+    assert_eq!(vmid(&updated), id);
+    let config = pve.config(id).unwrap();
+    assert_eq!(config["cores"], 4);
+    assert_eq!(config["memory"], "8192");
+    assert!(config["scsi0"].as_str().unwrap().ends_with("size=30G"));
+    assert_eq!(
+        config["net0"],
+        format!("virtio={},bridge=vmbr2", &net0[7..24]),
+        "MAC kept"
+    );
+    assert!(!config.contains_key("net1"), "removed");
+    assert!(!config.contains_key("ipconfig1") && !config.contains_key("nameserver"));
+    assert_eq!(config["ipconfig0"], "ip=dhcp,ip6=auto");
+    assert_eq!(config["tags"], "alice");
+    assert_eq!(
+        config["description"],
+        "moved\n<!-- managed by fedi-proxmox-vm -->"
+    );
+    assert_eq!(updated["macAddresses"], json!([net0[7..24].to_string()]));
+    assert_eq!(
+        updated["ipv4Addresses"].as_array().unwrap().len(),
+        1,
+        "DHCP lease: {updated}"
+    );
+
+    // Stop it.
+    let mut stopped = changed.clone();
+    stopped["started"] = json!(false);
+    let after = provider()
+        .update("vm", stopped.clone(), changed, updated)
+        .outputs();
+    assert!(!pve.vm(id).unwrap().running);
+    assert_eq!(after["ipv4Addresses"], json!([]));
+
+    // Delete; again; read: gone.
+    provider()
+        .delete("vm", stopped.clone(), after.clone())
+        .body("xDeleteResourceResponse");
+    assert!(pve.config(id).is_none());
+    provider()
+        .delete("vm", stopped.clone(), after.clone())
+        .body("xDeleteResourceResponse");
+    let read = provider()
+        .read("vm", stopped, after)
+        .body("xReadResourceResponse");
+    assert_eq!(read, json!({"exists": false, "drift": []}));
+}
+
+#[test]
+fn read_reports_drift_made_outside() {
+    let pve = Pve::start();
+    let declared = inputs(
+        &pve,
+        json!({"tags": ["b", "a"], "cores": 2, "disks": [{"slot": "scsi0", "sizeGib": 8}]}),
+    );
+    let outputs = provider().create("vm", declared.clone(), true).outputs();
+    let id = vmid(&outputs);
+    pve.set_config(
+        id,
+        json!({"cores": 3, "tags": "a;b;c", "scsi0": format!("local-lvm:vm-{id}-disk-0,size=16G")}),
+    );
+    let read = provider()
+        .read("vm", declared.clone(), outputs.clone())
+        .body("xReadResourceResponse");
+    let properties: Vec<&str> = read["drift"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["property"].as_str().unwrap())
+        .collect();
+    assert_eq!(properties, ["tags", "cores", "disks[0].sizeGib"], "{read}");
+    assert!(
+        read["drift"][2]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot shrink"),
+        "{read}"
+    );
+    // The update refuses the shrink, before changing anything.
+    let error = provider()
+        .update("vm", declared.clone(), declared, outputs)
+        .error_message();
+    assert!(
+        error.contains("invalid input `disks[0].sizeGib`")
+            && error.contains("16 GiB")
+            && error.contains("cannot shrink"),
+        "{error}"
+    );
+    assert_eq!(pve.config(id).unwrap()["cores"], 3, "nothing was changed");
+}
+
+#[test]
+fn shrinking_and_rebuilding_changes_are_clear_errors() {
+    let pve = Pve::start();
+    let declared = inputs(
+        &pve,
+        json!({"disks": [{"slot": "scsi0", "sizeGib": 10}], "waitForAgent": false}),
+    );
+    let outputs = provider().create("vm", declared.clone(), true).outputs();
+    pve.take_log();
+    let mut smaller = declared.clone();
+    smaller["disks"][0]["sizeGib"] = json!(5);
+    let error = provider()
+        .update("vm", smaller, declared.clone(), outputs.clone())
+        .error_message();
+    assert!(
+        error.contains("`disks[0].sizeGib`")
+            && error.contains("cannot shrink")
+            && error.contains("hint: disks only grow"),
+        "{error}"
+    );
+    let mut other = declared.clone();
+    other["template"] = json!({"vmid": 9001});
+    let error = provider()
+        .update("vm", other, declared.clone(), outputs.clone())
+        .error_message();
+    assert!(
+        error.contains("`template`") && error.contains("needs a new VM"),
+        "{error}"
+    );
+    let mut fixed = declared.clone();
+    fixed["vmid"] = json!(4242);
+    let error = provider()
+        .update("vm", fixed, declared, outputs)
+        .error_message();
+    assert!(
+        error.contains("`vmid`") && error.contains("needs a new VM"),
+        "{error}"
+    );
+    assert!(pve.take_log().is_empty(), "refused before any call");
+}
+
+#[test]
+fn invalid_inputs_name_the_field_before_any_call() {
+    let pve = Pve::start();
+    let cases = [
+        (json!({"name": "not a name"}), "`name`"),
+        (
+            json!({"template": {"vmid": 9000, "name": "x"}}),
+            "`template`",
+        ),
+        (json!({"vmid": 7}), "`vmid`"),
+        (json!({"tags": ["ok", "no spaces"]}), "`tags`"),
+        (json!({"cores": 0}), "`cores`"),
+        (json!({"balloon": 99999}), "`balloon`"),
+        (
+            json!({"disks": [{"slot": "hda", "sizeGib": 1}]}),
+            "`disks[0].slot`",
+        ),
+        (
+            json!({"networks": [{"bridge": "vmbr0", "vlan": 5000}]}),
+            "`networks[0].vlan`",
+        ),
+        (
+            json!({"networks": [{"bridge": "vmbr0", "mac": "01:00:00:00:00:01"}]}),
+            "`networks[0].mac`",
+        ),
+        (
+            json!({"cloudInit": {"sshKeys": ["hello"]}}),
+            "`cloudInit.sshKeys[0]`",
+        ),
+        (
+            json!({"cloudInit": {"ipConfigs": [{"ipv4": "dhcp", "gateway4": "192.0.2.1"}]}}),
+            "`cloudInit.ipConfigs[0].gateway4`",
+        ),
+        (
+            json!({"cloudInit": {"ipConfigs": [{"ipv6": "fe80::1"}]}}),
+            "`cloudInit.ipConfigs[0].ipv6`",
+        ),
+        (
+            json!({"cloudInit": {"nameservers": ["dns.example"]}}),
+            "`cloudInit.nameservers[0]`",
+        ),
+        (json!({"hostKeyPath": "relative"}), "`hostKeyPath`"),
+        (
+            json!({"timeouts": {"taskSeconds": 0}}),
+            "`timeouts.taskSeconds`",
+        ),
+    ];
+    for (extra, field) in cases {
+        let error = provider()
+            .create("vm", inputs(&pve, extra.clone()), true)
+            .error_message();
+        assert!(
+            error.contains(&format!("invalid input {field}")),
+            "{extra}: {error}"
+        );
+    }
+    let mut bad = inputs(&pve, json!({}));
+    bad["proxmox"]["endpoint"] = json!("http://127.0.0.1:1");
+    assert!(
+        provider()
+            .create("vm", bad, true)
+            .error_message()
+            .contains("`proxmox.endpoint`")
+    );
+    let mut bad = inputs(&pve, json!({}));
+    bad["proxmox"]["tokenSecret"] = json!(TOKEN_SECRET);
+    let error = provider().create("vm", bad, true).error_message();
+    assert!(
+        error.contains("never given literally") && !error.contains(TOKEN_SECRET),
+        "{error}"
+    );
+    assert!(pve.take_log().is_empty(), "nothing was sent");
+}
+
+#[test]
+fn concurrent_creates_get_distinct_vmids() {
+    let pve = Pve::start();
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let declared = inputs(
+                &pve,
+                json!({"name": format!("par{i}"), "waitForAgent": false}),
+            );
+            std::thread::spawn(move || provider().create("vm", declared, true).outputs())
+        })
+        .collect();
+    let mut ids: Vec<u32> = handles
+        .into_iter()
+        .map(|h| vmid(&h.join().unwrap()))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 4, "{ids:?}");
+    assert_eq!(pve.vm_ids(), ids, "no stray VMs");
+    for id in ids {
+        let name = pve.config(id).unwrap()["name"].clone();
+        assert!(name.as_str().unwrap().starts_with("par"));
+    }
+}
+
+fn run_with_fault(fault: &str, declared: &Value) -> std::process::Output {
+    use std::io::Write;
+    let request = json!({"createResourceRequest": {"type": "vm", "inputProperties": declared, "isStateful": true}});
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fedi-proxmox-vm"))
+        .env("FEDI_TEST_FAULT", fault)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{request}").unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_create_retried_after_a_crash_adopts_the_clone() {
+    let pve = Pve::start();
+    pve.timing(|t| t.clone = std::time::Duration::from_secs(2));
+    let declared = inputs(&pve, json!({"cores": 3}));
+    let output = run_with_fault("after-clone-started", &declared);
+    assert!(
+        !output.status.success() && output.stdout.is_empty(),
+        "killed before answering"
+    );
+    let ids = pve.vm_ids();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(
+        pve.config(ids[0]).unwrap()["lock"],
+        "clone",
+        "the clone still runs"
+    );
+
+    let outputs = provider().create("vm", declared.clone(), true).outputs();
+    assert_eq!(vmid(&outputs), ids[0], "adopted");
+    assert_eq!(pve.vm_ids(), ids, "no second clone");
+    assert_eq!(pve.config(ids[0]).unwrap()["cores"], 3);
+
+    // Crash after configuring: the retry adopts and starts.
+    let other = inputs(&pve, json!({"name": "web2"}));
+    assert!(!run_with_fault("after-configure", &other).status.success());
+    let outputs = provider().create("vm", other, true).outputs();
+    assert_eq!(pve.vm_ids().len(), 2);
+    assert!(pve.vm(vmid(&outputs)).unwrap().running);
+}
+
+#[test]
+fn a_dropped_connection_during_the_clone_does_not_clone_twice() {
+    let pve = Pve::start();
+    pve.faults(|f| f.drop_next_clone = true);
+    let outputs = provider()
+        .create("vm", inputs(&pve, json!({"waitForAgent": false})), true)
+        .outputs();
+    assert_eq!(pve.vm_ids(), vec![vmid(&outputs)]);
+}
+
+#[test]
+fn transient_failures_are_retried_and_bounded() {
+    let pve = Pve::start();
+    pve.faults(|f| {
+        f.lock_timeouts = 2;
+        f.unavailable = 1;
+        f.task_status_400 = 1;
+        f.clone_task_lock_timeouts = 1;
+    });
+    let created = provider().create("vm", inputs(&pve, json!({})), true);
+    let outputs = created.outputs();
+    assert_eq!(
+        pve.vm_ids(),
+        vec![vmid(&outputs)],
+        "the failed clone is gone, one VM left"
+    );
+    assert!(
+        created.stderr.contains("transient Proxmox failure"),
+        "{}",
+        created.stderr
+    );
+
+    // Endless lock timeouts: a bounded number of attempts, then an error
+    // that keeps Proxmox's reason phrase.
+    pve.faults(|f| f.lock_timeouts = 100);
+    let error = provider()
+        .create("vm", inputs(&pve, json!({"name": "web2"})), true)
+        .error_message();
+    assert!(
+        error.contains("500 can't lock file '/var/lock/qemu-server/lock-9000.conf' - got timeout"),
+        "{error}"
+    );
+    assert!(
+        error.contains("after 5 attempts") && error.contains("backend unavailable (retryable)"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_failed_task_keeps_its_exit_status_and_leaves_the_vm_adoptable() {
+    let pve = Pve::start();
+    pve.faults(|f| {
+        f.fail_next_task = Some((
+            "qmstart".into(),
+            "start failed: QEMU exited with code 1".into(),
+        ))
+    });
+    let declared = inputs(&pve, json!({}));
+    let error = provider()
+        .create("vm", declared.clone(), true)
+        .error_message();
+    assert!(
+        error.contains("start failed: QEMU exited with code 1")
+            && error.contains("running the create again adopts it"),
+        "{error}"
+    );
+    let ids = pve.vm_ids();
+    let outputs = provider().create("vm", declared, true).outputs();
+    assert_eq!(pve.vm_ids(), ids);
+    assert_eq!(vmid(&outputs), ids[0]);
+}
+
+#[test]
+fn the_agent_wait_has_a_timeout_and_can_be_skipped() {
+    let pve = Pve::start();
+    pve.faults(|f| f.agent_never = true);
+    let mut declared = inputs(&pve, json!({}));
+    declared["timeouts"]["agentSeconds"] = json!(1);
+    let started = std::time::Instant::now();
+    let error = provider()
+        .create("vm", declared.clone(), true)
+        .error_message();
+    assert!(started.elapsed() < std::time::Duration::from_secs(8));
+    assert!(
+        error.contains("`timeouts.agentSeconds`")
+            && error.contains("QEMU guest agent is not running")
+            && error.contains("waitForAgent = false"),
+        "{error}"
+    );
+    declared["waitForAgent"] = json!(false);
+    let outputs = provider().create("vm", declared, true).outputs();
+    assert_eq!(outputs["ipv4Addresses"], json!([]));
+    assert!(outputs.get("sshHostKey").is_none());
+    assert!(pve.vm(vmid(&outputs)).unwrap().running);
+}
+
+#[test]
+fn fixed_vmid_template_by_vmid_linked_clone_and_node_change() {
+    let pve = Pve::start();
+    pve.add_template(9100, "debian-12-pve2", "pve2");
+    let declared = inputs(
+        &pve,
+        json!({"vmid": 4242, "template": {"vmid": 9100}, "fullClone": false, "waitForAgent": false}),
+    );
+    let outputs = provider().create("vm", declared.clone(), true).outputs();
+    assert_eq!(vmid(&outputs), 4242);
+    assert_eq!(
+        pve.vm(4242).unwrap().node,
+        "pve1",
+        "cloned across to the node"
+    );
+    // Someone else's VM on a fixed VMID: refused.
+    let error = provider()
+        .create(
+            "vm",
+            inputs(&pve, json!({"name": "other", "vmid": 9000})),
+            true,
+        )
+        .error_message();
+    assert!(
+        error.contains("`vmid`") && error.contains("9000"),
+        "{error}"
+    );
+    // A node change migrates, online since it runs.
+    let mut moved = declared.clone();
+    moved["node"] = json!("pve2");
+    let after = provider()
+        .update("vm", moved.clone(), declared, outputs)
+        .outputs();
+    assert_eq!(after["node"], "pve2");
+    assert_eq!(pve.vm(4242).unwrap().node, "pve2");
+    assert!(pve.vm(4242).unwrap().running);
+    provider()
+        .delete("vm", moved, after)
+        .body("xDeleteResourceResponse");
+    assert!(pve.vm(4242).is_none());
+}
+
+#[test]
+fn delete_shuts_down_then_stops_and_respects_protection() {
+    let pve = Pve::start();
+    let declared = inputs(&pve, json!({"protection": true, "waitForAgent": false}));
+    let outputs = provider().create("vm", declared.clone(), true).outputs();
+    let id = vmid(&outputs);
+    let error = provider()
+        .delete("vm", declared.clone(), outputs.clone())
+        .error_message();
+    assert!(
+        error.contains("protection") && error.contains("set `protection = false`"),
+        "{error}"
+    );
+    assert!(pve.vm(id).is_some());
+    let mut unprotected = declared.clone();
+    unprotected["protection"] = json!(false);
+    let outputs = provider()
+        .update("vm", unprotected.clone(), declared, outputs)
+        .outputs();
+    pve.faults(|f| f.ignore_shutdown = true);
+    let deleted = provider().delete("vm", unprotected.clone(), outputs.clone());
+    deleted.body("xDeleteResourceResponse");
+    assert!(
+        deleted
+            .stderr
+            .contains("graceful shutdown failed; stopping"),
+        "{}",
+        deleted.stderr
+    );
+    assert!(pve.vm(id).is_none());
+    // A VMID now used by a VM we did not make is left alone.
+    pve.add_template(id, "someone-else", "pve1");
+    let error = provider()
+        .delete("vm", unprotected, outputs)
+        .error_message();
+    assert!(
+        error.contains("not marked as made by this provider"),
+        "{error}"
+    );
+    assert!(pve.vm(id).is_some());
+}
+
+#[test]
+fn tls_pin_ca_file_and_untrusted_certificates() {
+    let pve = Pve::start();
+    let mut declared = inputs(&pve, json!({"waitForAgent": false}));
+    let wrong = "AA:".repeat(31) + "AA";
+    declared["proxmox"]["fingerprint"] = json!(wrong);
+    let error = provider()
+        .create("vm", declared.clone(), true)
+        .error_message();
+    assert!(
+        error.contains("invalid input `proxmox.fingerprint`"),
+        "{error}"
+    );
+    assert!(
+        error.contains(&format!(
+            "fingerprint {}, which is not the pinned one",
+            pve.fingerprint
+        )),
+        "{error}"
+    );
+    assert!(error.contains("pvenode cert info"), "{error}");
+    assert!(pve.take_log().is_empty(), "nothing reached the API");
+
+    let mut no_trust = declared.clone();
+    no_trust["proxmox"]
+        .as_object_mut()
+        .unwrap()
+        .remove("fingerprint");
+    let error = provider()
+        .create("vm", no_trust.clone(), true)
+        .error_message();
+    assert!(
+        error.contains("permission denied")
+            && error.contains("not trusted")
+            && error.contains("caFile"),
+        "{error}"
+    );
+
+    let mut with_ca = no_trust;
+    with_ca["proxmox"]["caFile"] = json!(pve.ca_file);
+    let outputs = provider().create("vm", with_ca, true).outputs();
+    assert!(pve.vm(vmid(&outputs)).is_some());
+}
+
+#[test]
+fn a_wrong_token_is_refused_and_no_token_is_ever_shown() {
+    let pve = Pve::start();
+    let wrong = pve.dir.path().join("wrong-token");
+    std::fs::write(&wrong, "not-the-token-0000\n").unwrap();
+    let mut declared = inputs(&pve, json!({}));
+    declared["proxmox"]["tokenSecret"] = json!({"file": wrong});
+    let exchange = provider()
+        .env("FEDI_LOG", "trace")
+        .create("vm", declared, true);
+    let error = exchange.error_message();
+    assert!(
+        error.contains("permission denied")
+            && error.contains("401 invalid token value!")
+            && error.contains("`proxmox.tokenSecret`"),
+        "{error}"
+    );
+    assert!(
+        !exchange.stderr.contains("not-the-token-0000") && !error.contains("not-the-token-0000")
+    );
+
+    let verbose = provider().env("FEDI_LOG", "trace");
+    let declared = inputs(&pve, json!({}));
+    let created = verbose.create("vm", declared.clone(), true);
+    let outputs = created.outputs();
+    let read = verbose.read("vm", declared.clone(), outputs.clone());
+    let deleted = verbose.delete("vm", declared, outputs);
+    for exchange in [&created, &read, &deleted] {
+        assert!(!exchange.stderr.contains(TOKEN_SECRET), "token in the log");
+        assert!(
+            !exchange.response.to_string().contains(TOKEN_SECRET),
+            "token in a response"
+        );
+        assert!(!exchange.stderr.is_empty(), "the log is there");
+    }
+}
+
+#[test]
+fn transcript() {
+    let pve = Pve::start();
+    let provider = provider().recording();
+    let declared = inputs(
+        &pve,
+        json!({"tags": ["web"], "cloudInit": {"user": "deployer", "sshKeys": [KEY]}}),
+    );
+    let outputs = provider.create("vm", declared.clone(), true).outputs();
+    provider.read("vm", declared.clone(), outputs.clone());
+    let mut bigger = declared.clone();
+    bigger["memory"] = json!(4096);
+    let outputs = provider
+        .update("vm", bigger.clone(), declared, outputs)
+        .outputs();
+    provider.delete("vm", bigger, outputs);
+    let redactions = Redactions::new()
+        .key("macAddresses", "[macs]")
+        .key("fingerprint", "[fingerprint]")
+        .path(pve.dir.path(), "[TMP]")
+        .text(pve.endpoint(), "[endpoint]");
+    insta::assert_snapshot!(provider.transcript().to_jsonl(&redactions));
+}
+
+#[test]
+fn generated_nix_module_and_reference_are_in_sync() {
+    fedi_protocol::testkit::assert_generated_in_sync(
+        env!("CARGO_BIN_EXE_fedi-proxmox-vm"),
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."),
+    );
+}
