@@ -16,6 +16,9 @@
       # Provider name (nix/providers/<name>.nix) -> Cargo package and binary.
       providers = {
         ssh-key = "fedi-ssh-key";
+        garage-bucket = "fedi-garage-bucket";
+        proxmox-vm = "fedi-proxmox-vm";
+        dns-record = "fedi-dns-record";
       };
 
       workspace =
@@ -72,7 +75,12 @@
         {
           workspace-tests = (workspace pkgs { pname = "fedi-nixops4-providers-tests"; }).overrideAttrs {
             doCheck = true;
-            nativeCheckInputs = [ pkgs.openssh ];
+            # ssh-keygen; knotd, kdig, keymgr and named for the dns-record tests.
+            nativeCheckInputs = [
+              pkgs.openssh
+              pkgs.knot-dns
+              pkgs.bind
+            ];
           };
         }
       );
@@ -86,6 +94,8 @@
             pkgs.rustfmt
             pkgs.cargo-nextest
             pkgs.openssh
+            pkgs.knot-dns
+            pkgs.bind
             pkgs.nix
           ];
         };
