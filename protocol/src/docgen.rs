@@ -153,10 +153,10 @@ fn nix_type(root: &Value, schema: &Value, indent: usize) -> String {
     if let Some(inner) = nullable_inner(schema) {
         return format!("types.nullOr ({})", nix_type(root, inner, indent));
     }
-    if let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
-        if let Some(target) = reference.strip_prefix('#').and_then(|p| root.pointer(p)) {
-            return nix_type(root, target, indent);
-        }
+    if let Some(reference) = schema.get("$ref").and_then(Value::as_str)
+        && let Some(target) = reference.strip_prefix('#').and_then(|p| root.pointer(p))
+    {
+        return nix_type(root, target, indent);
     }
     if let Some(values) = enum_values(schema) {
         let listed: Vec<String> = values.iter().map(nix_value).collect();
@@ -376,10 +376,10 @@ fn property_rows(root: &Value, object: &Value, prefix: &str, rows: &mut Vec<Stri
         let inner = resolve(root, property);
         if inner.get("properties").is_some() {
             property_rows(root, inner, &format!("{full}."), rows);
-        } else if let Some(items) = inner.get("items") {
-            if resolve(root, items).get("properties").is_some() {
-                property_rows(root, items, &format!("{full}[]."), rows);
-            }
+        } else if let Some(items) = inner.get("items")
+            && resolve(root, items).get("properties").is_some()
+        {
+            property_rows(root, items, &format!("{full}[]."), rows);
         }
     }
 }

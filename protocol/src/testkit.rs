@@ -279,6 +279,36 @@ impl Harness {
         (response, stderr)
     }
 
+    /// Sends `request` to a provider process told to abort at the
+    /// [fault point](crate::fault) `point`, and asserts that it died there
+    /// without answering, as a `kill -9` at that moment would. Returns its
+    /// stderr. A provider that answers instead never reached the point,
+    /// which fails the test.
+    pub fn crash_at(&self, point: &str, request: Value) -> String {
+        SchemaValidator::get().assert_valid(Direction::Request, &request);
+        let mut child = Command::new(&self.exe)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env(crate::fault::FAULT_ENV, point)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.exe.display()));
+        {
+            let mut stdin = child.stdin.take().expect("piped stdin");
+            writeln!(stdin, "{request}").expect("write request");
+        }
+        let output = child.wait_with_output().expect("wait for provider");
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(
+            !output.status.success() && output.stdout.is_empty(),
+            "the provider was to abort at fault point `{point}`, but it {} and answered {:?}\nstderr:\n{stderr}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout)
+        );
+        stderr
+    }
+
     /// Sends one request (validated against the schema first).
     pub fn send(&self, request: Value) -> Exchange {
         SchemaValidator::get().assert_valid(Direction::Request, &request);

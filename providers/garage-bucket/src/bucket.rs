@@ -117,13 +117,13 @@ impl BucketInputs {
     fn validate(&self) -> Result<()> {
         self.garage.validate()?;
         validate_bucket_name("name", &self.name)?;
-        if let Some(website) = &self.website {
-            if website.index_document.is_empty() || website.index_document.ends_with('/') {
-                return Err(Error::invalid_input(
-                    "website.indexDocument",
-                    "must name an object, such as index.html",
-                ));
-            }
+        if let Some(website) = &self.website
+            && (website.index_document.is_empty() || website.index_document.ends_with('/'))
+        {
+            return Err(Error::invalid_input(
+                "website.indexDocument",
+                "must name an object, such as index.html",
+            ));
         }
         for (i, rule) in self.cors_rules.iter().enumerate() {
             if rule.allowed_origins.is_empty() {

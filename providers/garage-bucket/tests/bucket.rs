@@ -119,22 +119,7 @@ fn a_create_retried_after_a_crash_adopts_the_bucket() {
     let garage = GarageServer::start();
     let declared = inputs(&garage, json!({"name": "crashy", "maxObjects": 7}));
     let request = json!({"createResourceRequest": {"type": "bucket", "inputProperties": declared, "isStateful": true}});
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fedi-garage-bucket"))
-        .env("FEDI_TEST_FAULT", "after-bucket-create")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            writeln!(child.stdin.take().unwrap(), "{request}")?;
-            child.wait_with_output()
-        })
-        .unwrap();
-    assert!(
-        !output.status.success() && output.stdout.is_empty(),
-        "killed before answering"
-    );
+    provider().crash_at("after-bucket-create", request);
     let made = garage
         .bucket_info("crashy")
         .expect("the crashed run made the bucket");

@@ -206,22 +206,7 @@ fn a_create_retried_after_a_crash_finds_the_key() {
         json!({"permissions": [{"bucket": "media", "read": true}]}),
     );
     let request = json!({"createResourceRequest": {"type": "key", "inputProperties": inputs, "isStateful": true}});
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fedi-garage-bucket"))
-        .env("FEDI_TEST_FAULT", "after-key-create")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            writeln!(child.stdin.take().unwrap(), "{request}")?;
-            child.wait_with_output()
-        })
-        .unwrap();
-    assert!(
-        !output.status.success() && output.stdout.is_empty(),
-        "killed before answering"
-    );
+    provider().crash_at("after-key-create", request);
 
     let outputs = provider().create("key", inputs, true).outputs();
     let keys = garage.admin(reqwest::Method::GET, "ListKeys", &[], None);

@@ -74,14 +74,14 @@ impl Proxmox {
             )
             .with_hint("trust either the cluster's CA (caFile) or one pinned certificate (fingerprint), not both"));
         }
-        if let Some(pin) = &self.fingerprint {
-            if tls::parse_fingerprint(pin).is_none() {
-                return Err(Error::invalid_input(
-                    "proxmox.fingerprint",
-                    format!("{pin:?} is not a SHA-256 fingerprint"),
-                )
-                .with_hint("give 32 hex bytes as `pvenode cert info` shows them, e.g. AB:CD:..."));
-            }
+        if let Some(pin) = &self.fingerprint
+            && tls::parse_fingerprint(pin).is_none()
+        {
+            return Err(Error::invalid_input(
+                "proxmox.fingerprint",
+                format!("{pin:?} is not a SHA-256 fingerprint"),
+            )
+            .with_hint("give 32 hex bytes as `pvenode cert info` shows them, e.g. AB:CD:..."));
         }
         Ok(())
     }
@@ -454,12 +454,13 @@ pub fn uri_unescape(text: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&text[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&text[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;

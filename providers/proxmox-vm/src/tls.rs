@@ -176,10 +176,10 @@ fn pem_blocks(pem: &[u8]) -> Vec<Vec<u8>> {
         if line == "-----BEGIN CERTIFICATE-----" {
             current = Some(String::new());
         } else if line == "-----END CERTIFICATE-----" {
-            if let Some(body) = current.take() {
-                if let Some(der) = base64_decode(&body) {
-                    blocks.push(der);
-                }
+            if let Some(body) = current.take()
+                && let Some(der) = base64_decode(&body)
+            {
+                blocks.push(der);
             }
         } else if let Some(body) = current.as_mut() {
             body.push_str(line);

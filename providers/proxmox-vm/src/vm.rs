@@ -372,14 +372,14 @@ impl VmInputs {
             )
             .with_hint("memory is in MiB, e.g. 2048 for 2 GiB"));
         }
-        if let Some(balloon) = self.balloon {
-            if balloon > self.memory {
-                return Err(Error::invalid_input(
-                    "balloon",
-                    format!("{balloon} MiB is more than `memory` ({} MiB)", self.memory),
-                )
-                .with_hint("the balloon minimum must not exceed memory; 0 turns ballooning off"));
-            }
+        if let Some(balloon) = self.balloon
+            && balloon > self.memory
+        {
+            return Err(Error::invalid_input(
+                "balloon",
+                format!("{balloon} MiB is more than `memory` ({} MiB)", self.memory),
+            )
+            .with_hint("the balloon minimum must not exceed memory; 0 turns ballooning off"));
         }
         let mut slots = Vec::new();
         for (i, disk) in self.disks.iter().enumerate() {
@@ -426,20 +426,20 @@ impl VmInputs {
                 )
                 .with_hint("give a bridge of the node, e.g. vmbr0"));
             }
-            if let Some(vlan) = net.vlan {
-                if !(1..=4094).contains(&vlan) {
-                    return Err(Error::invalid_input(
-                        format!("networks[{i}].vlan"),
-                        format!("{vlan} is out of range"),
-                    )
-                    .with_hint("VLAN tags are 1 to 4094"));
-                }
+            if let Some(vlan) = net.vlan
+                && !(1..=4094).contains(&vlan)
+            {
+                return Err(Error::invalid_input(
+                    format!("networks[{i}].vlan"),
+                    format!("{vlan} is out of range"),
+                )
+                .with_hint("VLAN tags are 1 to 4094"));
             }
-            if let Some(mac) = &net.mac {
-                if !valid_mac(mac) {
-                    return Err(Error::invalid_input(format!("networks[{i}].mac"), format!("{mac:?} is not a MAC address"))
+            if let Some(mac) = &net.mac
+                && !valid_mac(mac)
+            {
+                return Err(Error::invalid_input(format!("networks[{i}].mac"), format!("{mac:?} is not a MAC address"))
                         .with_hint("give six hex bytes with colons, e.g. BC:24:11:00:00:01 (unicast: the first byte even)"));
-                }
             }
         }
         if let Some(ci) = &self.cloud_init {
@@ -543,14 +543,15 @@ fn check_ip(field: &str, ip: &IpConfig) -> Result<()> {
             addr.parse::<std::net::Ipv4Addr>().is_ok() && prefix <= 32
         }
     };
-    if let Some(v4) = &ip.ipv4 {
-        if v4 != "dhcp" && !cidr(v4, false) {
-            return Err(Error::invalid_input(
-                format!("{field}.ipv4"),
-                format!("{v4:?} is neither `dhcp` nor an address with prefix"),
-            )
-            .with_hint("e.g. \"dhcp\" or \"192.0.2.10/24\""));
-        }
+    if let Some(v4) = &ip.ipv4
+        && v4 != "dhcp"
+        && !cidr(v4, false)
+    {
+        return Err(Error::invalid_input(
+            format!("{field}.ipv4"),
+            format!("{v4:?} is neither `dhcp` nor an address with prefix"),
+        )
+        .with_hint("e.g. \"dhcp\" or \"192.0.2.10/24\""));
     }
     if let Some(gw) = &ip.gateway4 {
         if ip.ipv4.as_deref().is_none_or(|v| v == "dhcp") {
@@ -567,14 +568,16 @@ fn check_ip(field: &str, ip: &IpConfig) -> Result<()> {
             ));
         }
     }
-    if let Some(v6) = &ip.ipv6 {
-        if v6 != "dhcp" && v6 != "auto" && !cidr(v6, true) {
-            return Err(Error::invalid_input(
-                format!("{field}.ipv6"),
-                format!("{v6:?} is neither `dhcp`, `auto` nor an address with prefix"),
-            )
-            .with_hint("e.g. \"auto\" or \"2001:db8::10/64\""));
-        }
+    if let Some(v6) = &ip.ipv6
+        && v6 != "dhcp"
+        && v6 != "auto"
+        && !cidr(v6, true)
+    {
+        return Err(Error::invalid_input(
+            format!("{field}.ipv6"),
+            format!("{v6:?} is neither `dhcp`, `auto` nor an address with prefix"),
+        )
+        .with_hint("e.g. \"auto\" or \"2001:db8::10/64\""));
     }
     if let Some(gw) = &ip.gateway6 {
         if ip
@@ -1103,25 +1106,32 @@ impl Resource for Vm {
             return Err(Error::invalid_input("template", "changing the template needs a new VM, which this update does not make")
                 .with_hint("to rebuild the VM from the new template, delete the resource and create it again (its disks are lost), or give the new VM another name"));
         }
-        if let Some(id) = inputs.vmid {
-            if id != previous.outputs.vmid {
-                return Err(Error::invalid_input(
-                    "vmid",
-                    format!(
-                        "the VM has VMID {}; changing it to {id} needs a new VM",
-                        previous.outputs.vmid
-                    ),
-                )
-                .with_hint("keep the VMID, or delete the resource and create it again"));
-            }
+        if let Some(id) = inputs.vmid
+            && id != previous.outputs.vmid
+        {
+            return Err(Error::invalid_input(
+                "vmid",
+                format!(
+                    "the VM has VMID {}; changing it to {id} needs a new VM",
+                    previous.outputs.vmid
+                ),
+            )
+            .with_hint("keep the VMID, or delete the resource and create it again"));
         }
         for (i, disk) in inputs.disks.iter().enumerate() {
-            if let Some(old) = previous.inputs.disks.iter().find(|d| d.slot == disk.slot) {
-                if disk.size_gib < old.size_gib {
-                    return Err(Error::invalid_input(format!("disks[{i}].sizeGib"), format!(
-                        "`{}` was {} GiB; {} GiB would shrink it, and Proxmox cannot shrink disks", disk.slot, old.size_gib, disk.size_gib))
-                        .with_hint("disks only grow: give the current size or more (shrinking needs a new VM)"));
-                }
+            if let Some(old) = previous.inputs.disks.iter().find(|d| d.slot == disk.slot)
+                && disk.size_gib < old.size_gib
+            {
+                return Err(Error::invalid_input(
+                    format!("disks[{i}].sizeGib"),
+                    format!(
+                        "`{}` was {} GiB; {} GiB would shrink it, and Proxmox cannot shrink disks",
+                        disk.slot, old.size_gib, disk.size_gib
+                    ),
+                )
+                .with_hint(
+                    "disks only grow: give the current size or more (shrinking needs a new VM)",
+                ));
             }
         }
         let api = Api::connect(&inputs.proxmox)?;

@@ -403,18 +403,10 @@ fn concurrent_creates_get_distinct_vmids() {
     }
 }
 
-fn run_with_fault(fault: &str, declared: &Value) -> std::process::Output {
-    use std::io::Write;
+/// A create told to abort at fault point `fault`.
+fn crash_at(fault: &str, declared: &Value) {
     let request = json!({"createResourceRequest": {"type": "vm", "inputProperties": declared, "isStateful": true}});
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fedi-proxmox-vm"))
-        .env("FEDI_TEST_FAULT", fault)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{request}").unwrap();
-    child.wait_with_output().unwrap()
+    provider().crash_at(fault, request);
 }
 
 #[test]
@@ -422,11 +414,7 @@ fn a_create_retried_after_a_crash_adopts_the_clone() {
     let pve = Pve::start();
     pve.timing(|t| t.clone = std::time::Duration::from_secs(2));
     let declared = inputs(&pve, json!({"cores": 3}));
-    let output = run_with_fault("after-clone-started", &declared);
-    assert!(
-        !output.status.success() && output.stdout.is_empty(),
-        "killed before answering"
-    );
+    crash_at("after-clone-started", &declared);
     let ids = pve.vm_ids();
     assert_eq!(ids.len(), 1);
     assert_eq!(
@@ -442,7 +430,7 @@ fn a_create_retried_after_a_crash_adopts_the_clone() {
 
     // Crash after configuring: the retry adopts and starts.
     let other = inputs(&pve, json!({"name": "web2"}));
-    assert!(!run_with_fault("after-configure", &other).status.success());
+    crash_at("after-configure", &other);
     let outputs = provider().create("vm", other, true).outputs();
     assert_eq!(pve.vm_ids().len(), 2);
     assert!(pve.vm(vmid(&outputs)).unwrap().running);

@@ -370,20 +370,7 @@ fn a_crash_while_replacing_leaves_the_old_key_whole() {
     }});
     // Crash at the worst moment: the new key written to a temporary file,
     // not yet renamed over the old one.
-    let output = Command::new(env!("CARGO_BIN_EXE_fedi-ssh-key"))
-        .env("FEDI_TEST_FAULT", "abort-before-rename")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            writeln!(child.stdin.take().unwrap(), "{request}")?;
-            child.wait_with_output()
-        })
-        .unwrap();
-    assert!(!output.status.success(), "the process was killed");
-    assert!(output.stdout.is_empty());
+    provider().crash_at("abort-before-rename", request);
     assert_eq!(
         ssh_keygen_fingerprint(&path).1,
         created["fingerprint"].as_str().unwrap(),

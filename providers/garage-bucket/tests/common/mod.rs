@@ -113,10 +113,9 @@ admin_token = "{ADMIN_TOKEN}"
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(health) = self.try_admin(reqwest::Method::GET, "GetClusterHealth", &[], None)
+                && health["status"] == "healthy"
             {
-                if health["status"] == "healthy" {
-                    return;
-                }
+                return;
             }
             if Instant::now() > deadline {
                 let log =

@@ -877,10 +877,10 @@ impl State {
                         let mut drive = drive
                             .replace(&format!("base-{vmid}-"), &format!("vm-{newid}-"))
                             .replace(&format!("vm-{vmid}-"), &format!("vm-{newid}-"));
-                        if let Some(storage) = params.get("storage") {
-                            if let Some((_, rest)) = drive.split_once(':') {
-                                drive = format!("{storage}:{rest}");
-                            }
+                        if let Some(storage) = params.get("storage")
+                            && let Some((_, rest)) = drive.split_once(':')
+                        {
+                            drive = format!("{storage}:{rest}");
                         }
                         *value = json!(drive);
                     } else if key.starts_with("net") {
@@ -1060,10 +1060,10 @@ impl State {
 impl Answer {
     /// Makes the task just started end with `exit`.
     fn with_exit(self, state: &mut State, exit: &str) -> Answer {
-        if let Answer::Reply(_, _, body) = &self {
-            if let Some(task) = body["data"].as_str().and_then(|u| state.tasks.get_mut(u)) {
-                task.exit = exit.to_string();
-            }
+        if let Answer::Reply(_, _, body) = &self
+            && let Some(task) = body["data"].as_str().and_then(|u| state.tasks.get_mut(u))
+        {
+            task.exit = exit.to_string();
         }
         self
     }
