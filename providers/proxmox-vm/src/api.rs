@@ -14,7 +14,7 @@ use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::tls;
+use crate::{tls, vcr};
 
 /// How to reach a Proxmox VE cluster.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -136,7 +136,10 @@ pub const ATTEMPTS: u32 = 5;
 
 /// The Proxmox VE API.
 pub struct Api {
-    http: reqwest::Client,
+    http: reqwest_middleware::ClientWithMiddleware,
+    /// Whether exchanges go through a cassette (`FEDI_PROXMOX_RECORD` or
+    /// `FEDI_PROXMOX_REPLAY`, see [`vcr`]).
+    cassette: vcr::Mode,
     base: reqwest::Url,
     endpoint: String,
     auth: HeaderValue,
@@ -148,6 +151,7 @@ impl Api {
     /// A client for `proxmox`, reading its token secret.
     pub fn connect(proxmox: &Proxmox) -> Result<Api> {
         proxmox.validate()?;
+        let cassette = vcr::Mode::from_env()?;
         let secret = proxmox.token_secret.read("proxmox.tokenSecret")?;
         let mut auth = HeaderValue::from_str(&format!(
             "PVEAPIToken={}={}",
@@ -179,10 +183,18 @@ impl Api {
         let http = builder
             .build()
             .map_err(|e| Error::internal("cannot set up the HTTP client").with_source(e))?;
+        // No middleware unless a cassette is asked for.
+        let http = vcr::middlewares(&cassette, secret.expose_secret())?
+            .into_iter()
+            .fold(reqwest_middleware::ClientBuilder::new(http), |b, m| {
+                b.with_arc(m)
+            })
+            .build();
         let mut base = reqwest::Url::parse(&proxmox.endpoint).expect("validated");
         base.set_path("/api2/json/");
         Ok(Api {
             http,
+            cassette,
             base,
             endpoint: proxmox.endpoint.clone(),
             auth,
@@ -240,12 +252,15 @@ impl Api {
                     Err(e) if is_transient(&e) => e,
                     Err(e) => return Err(e),
                 },
-                Err(e) => {
+                Err(reqwest_middleware::Error::Reqwest(e)) => {
                     let failure = self.transport_error(&method, path, e);
                     if retry == Retry::Once || self.pin_refused() {
                         return Err(failure);
                     }
                     failure
+                }
+                Err(reqwest_middleware::Error::Middleware(e)) => {
+                    return Err(self.cassette_error(&method, path, e));
                 }
             };
             if attempt == ATTEMPTS {
@@ -259,6 +274,35 @@ impl Api {
             delay = (delay * 2).min(Duration::from_secs(4));
         }
         unreachable!("the last attempt returns")
+    }
+
+    /// The cassette middleware failed: on replay, the request is not in
+    /// the cassette (the provider asked something the recorded session
+    /// did not).
+    fn cassette_error(&self, method: &Method, path: &str, e: impl std::fmt::Display) -> CallError {
+        let (field, what, hint) = match &self.cassette {
+            vcr::Mode::Replay(cassette) => (
+                vcr::REPLAY_ENV,
+                format!(
+                    "replaying {}: the cassette has no answer to {method} {path} at this point",
+                    cassette.display()
+                ),
+                "the provider's requests differ from the recorded session's (other inputs, \
+                 another part, or changed code); record the session again",
+            ),
+            _ => (
+                vcr::RECORD_ENV,
+                format!("recording {method} {path} failed"),
+                "check the cassette path in FEDI_PROXMOX_RECORD",
+            ),
+        };
+        CallError {
+            status: None,
+            reason: e.to_string(),
+            error: Error::invalid_input(field, what)
+                .with_source(std::io::Error::other(e.to_string()))
+                .with_hint(hint),
+        }
     }
 
     fn pin_refused(&self) -> bool {
@@ -324,6 +368,14 @@ impl Api {
             .extensions()
             .get::<hyper_reason::ReasonPhrase>()
             .and_then(|r| std::str::from_utf8(r.as_bytes()).ok().map(str::to_string))
+            .or_else(|| {
+                // Through a cassette, the reason phrase travels in a header.
+                self.cassette
+                    .is_on()
+                    .then(|| response.headers().get(vcr::REASON_HEADER))
+                    .flatten()
+                    .and_then(|v| v.to_str().ok().map(str::to_string))
+            })
             .unwrap_or_else(|| status.canonical_reason().unwrap_or("").to_string());
         let text = response.text().await.map_err(|e| CallError {
             status: Some(status),

@@ -4,11 +4,14 @@
 //! Resource type [`vm`]: a QEMU VM cloned from a template, configured,
 //! started, and described by its guest agent. [`api`] is the Proxmox VE API
 //! client, [`task`] follows Proxmox tasks, [`tls`] verifies the API's
-//! certificate (system roots, a CA file, or a pinned fingerprint).
+//! certificate (system roots, a CA file, or a pinned fingerprint); [`vcr`]
+//! records and replays sessions (`FEDI_PROXMOX_RECORD`,
+//! `FEDI_PROXMOX_REPLAY`).
 
 mod api;
 mod task;
 mod tls;
+mod vcr;
 mod vm;
 
 fn main() -> std::process::ExitCode {
