@@ -1,0 +1,277 @@
+//! A real test host: OpenSSH's sshd in mount and PID namespaces of its own
+//! (`unshare`), with its own /nix (an empty store, filled by `nix copy`),
+//! /root and /run, a generated host key and an authorised deployer key,
+//! listening on a loopback port of its own. Dropping it kills the
+//! namespace's init (sshd), which takes every process in it along (also
+//! activations started detached) and releases its mounts.
+//!
+//! Test systems are built with real Nix from `system.nix` (no nixpkgs).
+
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fedi_protocol::testkit::{Harness, Redactions};
+use serde_json::{Value, json};
+
+pub fn provider() -> Harness {
+    Harness::new(env!("CARGO_BIN_EXE_fedi-nixos-config"))
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn keygen(path: &Path) {
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "test", "-f"])
+        .arg(path)
+        .stdout(Stdio::null())
+        .status()
+        .expect("ssh-keygen (openssh-client) is installed");
+    assert!(status.success());
+}
+
+pub struct TestHost {
+    child: Child,
+    /// Everything of the host: `nix/`, `root/`, `run/`, keys, log.
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    /// The deployer's private key (authorised for root).
+    pub deployer_key: PathBuf,
+    /// The host's public key line.
+    pub host_key: String,
+}
+
+impl TestHost {
+    pub fn start() -> TestHost {
+        assert!(
+            Path::new("/usr/sbin/sshd").exists(),
+            "sshd is not installed: run `bash tests/install-deps.sh` (openssh-server)"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("fedi-host-")
+            .tempdir()
+            .unwrap();
+        let d = dir.path();
+        for sub in ["nix", "root/.ssh", "run", "deployer"] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        for (sub, mode) in [("root", 0o700), ("root/.ssh", 0o700), ("deployer", 0o700)] {
+            std::fs::set_permissions(d.join(sub), std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        keygen(&d.join("host_key"));
+        let deployer_key = d.join("deployer/id_ed25519");
+        keygen(&deployer_key);
+        let authorized = d.join("root/.ssh/authorized_keys");
+        std::fs::copy(d.join("deployer/id_ed25519.pub"), &authorized).unwrap();
+        std::fs::set_permissions(&authorized, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let port = free_port();
+        let config = d.join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile none\nUsePAM no\n\
+                 PermitRootLogin prohibit-password\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\nStrictModes yes\nMaxSessions 50\n\
+                 MaxStartups 50\nAuthorizedKeysFile .ssh/authorized_keys\n",
+                d.join("host_key").display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(d.join("sshd.log")).unwrap();
+        let script = format!(
+            "set -e; mount --bind {d}/nix /nix; mount --bind {d}/root /root; \
+             mount --bind {d}/run /run; mkdir -p /run/sshd; exec /usr/sbin/sshd -D -e -f {config}",
+            d = d.display(),
+            config = config.display()
+        );
+        let child = Command::new("unshare")
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "--mount-proc",
+                "sh",
+                "-c",
+                &script,
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start unshare");
+        let host_key = std::fs::read_to_string(d.join("host_key.pub"))
+            .unwrap()
+            .trim()
+            .to_string();
+        let mut host = TestHost {
+            child,
+            dir,
+            port,
+            deployer_key,
+            host_key,
+        };
+        host.wait_listening();
+        host
+    }
+
+    fn wait_listening(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the test host's sshd exited ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the test host's sshd did not listen within 20 s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+    }
+
+    /// A path on the host, as seen from outside its namespace.
+    pub fn path(&self, inside: &str) -> PathBuf {
+        self.dir.path().join(inside.trim_start_matches('/'))
+    }
+
+    /// A file on the host, or "" when it is missing.
+    pub fn read(&self, inside: &str) -> String {
+        std::fs::read_to_string(self.path(inside)).unwrap_or_default()
+    }
+
+    /// Where a symlink on the host points, if it exists.
+    pub fn link(&self, inside: &str) -> Option<String> {
+        std::fs::read_link(self.path(inside))
+            .ok()
+            .map(|p| p.display().to_string())
+    }
+
+    /// The store paths in the host's own store (`/nix/store/<name>`).
+    pub fn store_paths(&self) -> Vec<String> {
+        let mut paths: Vec<String> = std::fs::read_dir(self.path("/nix/store"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with('.'))
+                    .map(|n| format!("/nix/store/{n}"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        paths.sort();
+        paths
+    }
+
+    /// The system profile's generation link (`system-N-link`).
+    pub fn generation(&self) -> Option<String> {
+        self.link("/nix/var/nix/profiles/system")
+    }
+
+    /// Lines of /root/activations (what the test systems' switches did).
+    pub fn activations(&self) -> Vec<String> {
+        self.read("/root/activations")
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The inputs deploying `system` to this host.
+    pub fn inputs(&self, system: &str) -> Value {
+        json!({
+            "system": system,
+            "host": "127.0.0.1",
+            "port": self.port,
+            "sshKeyFile": self.deployer_key,
+            "hostPublicKey": self.host_key,
+            "checkSignatures": false,
+            "confirmTimeout": 5,
+            "activationTimeout": 60,
+        })
+    }
+
+    /// Transcript redactions for this host.
+    pub fn redactions(&self) -> Redactions {
+        Redactions::new()
+            .key("port", "<port>")
+            .key("hostPublicKey", "<host key>")
+            .path(self.dir.path(), "<host dir>")
+    }
+
+    /// Waits until no activation runs on the host any more.
+    pub fn wait_idle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.path("/run/fedi-nixos-config/active").exists() {
+            assert!(Instant::now() < deadline, "an activation is still running");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        // SIGKILL to unshare: --kill-child kills the namespace's init
+        // (sshd), and with it every process of the namespace.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The namespace (and its mounts) ends with its init; wait until
+        // its sshd no longer answers.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Builds a test system (see `system.nix`) in the deploying machine's store.
+pub fn build_system(name: &str, behaviour: &str, deps: u32, shared: &str) -> String {
+    let expression = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/system.nix");
+    let output = Command::new("nix-build")
+        .args(["--no-out-link", "--quiet", "--option", "substituters", ""])
+        .arg(&expression)
+        .args(["--argstr", "name", name])
+        .args(["--argstr", "behaviour", behaviour])
+        .args(["--arg", "deps", &deps.to_string()])
+        .args(["--argstr", "shared", shared])
+        .stdin(Stdio::null())
+        .output()
+        .expect("nix-build (nix-bin) is installed");
+    assert!(
+        output.status.success(),
+        "building the test system failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+/// The closure of a store path in the deploying machine's store.
+pub fn closure(path: &str) -> Vec<String> {
+    let output = Command::new("nix-store")
+        .args(["-qR", path])
+        .output()
+        .expect("nix-store");
+    assert!(output.status.success());
+    let mut paths: Vec<String> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    paths.sort();
+    paths
+}

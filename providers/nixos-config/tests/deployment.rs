@@ -1,0 +1,528 @@
+//! `deployment` end to end: the provider binary run as NixOps4 runs it,
+//! deploying systems built with real Nix to a real sshd with its own store
+//! (see `common`), and checking what arrived and ran there.
+
+mod common;
+
+use std::net::TcpListener;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{TestHost, build_system, closure, provider};
+use fedi_protocol::testkit::assert_generated_in_sync;
+use serde_json::json;
+
+#[test]
+fn first_deploy_unchanged_redeploy_and_changed_system() {
+    let host = TestHost::start();
+    let one = build_system("lifecycle-one", "ok", 3, "lifecycle");
+    let two = build_system("lifecycle-two", "ok", 3, "lifecycle");
+
+    // First deploy: the closure arrives in the host's own store, the
+    // profile gets generation 1, the switch ran once.
+    assert!(host.store_paths().is_empty());
+    let first = provider().create("deployment", host.inputs(&one), false);
+    let out = first.outputs();
+    assert_eq!(out["system"], json!(one));
+    assert_eq!(out["generation"], json!(1));
+    assert_eq!(out["changed"], json!(true));
+    assert_eq!(out["pathsCopied"], json!(closure(&one).len()));
+    assert_eq!(out["previousSystem"], json!(null));
+    assert_eq!(host.store_paths(), closure(&one));
+    assert_eq!(host.generation().as_deref(), Some("system-1-link"));
+    assert_eq!(
+        host.link("/run/current-system").as_deref(),
+        Some(one.as_str())
+    );
+    assert_eq!(host.read("/root/boot-default").trim(), one);
+    assert_eq!(
+        host.activations(),
+        [format!("switch {one}"), format!("done switch {one}")]
+    );
+
+    // Unchanged: nothing copied, nothing switched, quickly.
+    let start = Instant::now();
+    let again = provider().create("deployment", host.inputs(&one), false);
+    let elapsed = start.elapsed();
+    let out = again.outputs();
+    assert_eq!(out["changed"], json!(false));
+    assert_eq!(out["pathsCopied"], json!(0));
+    assert_eq!(out["generation"], json!(1));
+    assert_eq!(out["previousSystem"], json!(one));
+    assert_eq!(host.activations().len(), 2, "no second switch");
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "unchanged redeploy took {elapsed:?}"
+    );
+
+    // Changed: only the new paths are copied (the shared ones stay as
+    // they were registered), generation 2, the switch ran.
+    let registered = |p: &str| std::fs::symlink_metadata(host.path(p)).unwrap().ctime();
+    let shared: Vec<String> = closure(&one)
+        .into_iter()
+        .filter(|p| closure(&two).contains(p))
+        .collect();
+    assert_eq!(shared.len(), 3, "the dependencies are shared");
+    let before: Vec<i64> = shared.iter().map(|p| registered(p)).collect();
+    let changed = provider().update("deployment", host.inputs(&two), host.inputs(&one), out);
+    let out = changed.outputs();
+    assert_eq!(out["generation"], json!(2));
+    assert_eq!(out["changed"], json!(true));
+    assert_eq!(out["previousSystem"], json!(one));
+    assert_eq!(
+        out["pathsCopied"],
+        json!(closure(&two).len() - shared.len())
+    );
+    let after: Vec<i64> = shared.iter().map(|p| registered(p)).collect();
+    assert_eq!(before, after, "shared paths were not copied again");
+    let mut expected = closure(&one);
+    expected.extend(closure(&two));
+    expected.sort();
+    expected.dedup();
+    assert_eq!(host.store_paths(), expected);
+    assert_eq!(
+        host.link("/run/current-system").as_deref(),
+        Some(two.as_str())
+    );
+    assert_eq!(host.generation().as_deref(), Some("system-2-link"));
+
+    // Read reports what runs; drift once the host runs something else.
+    let read = provider().read("deployment", host.inputs(&two), changed.outputs());
+    assert_eq!(read.body("xReadResourceResponse")["drift"], json!([]));
+    provider()
+        .create("deployment", host.inputs(&one), false)
+        .outputs();
+    let read = provider().read("deployment", host.inputs(&two), changed.outputs());
+    let drift = read.body("xReadResourceResponse")["drift"].clone();
+    assert_eq!(drift[0]["property"], "system", "{drift}");
+
+    // Delete forgets: the host keeps running its system.
+    let deleted = provider().delete("deployment", host.inputs(&one), changed.outputs());
+    deleted.body("xDeleteResourceResponse");
+    assert_eq!(
+        host.link("/run/current-system").as_deref(),
+        Some(one.as_str())
+    );
+}
+
+#[test]
+fn each_goal_does_what_it_says() {
+    let host = TestHost::start();
+    let one = build_system("goals-one", "ok", 1, "goals");
+    let two = build_system("goals-two", "ok", 1, "goals");
+    let with_goal = |system: &str, goal: &str| {
+        let mut inputs = host.inputs(system);
+        inputs["goal"] = json!(goal);
+        inputs
+    };
+
+    // test: running, not for boot, no profile.
+    let out = provider()
+        .create("deployment", with_goal(&one, "test"), false)
+        .outputs();
+    assert_eq!(out["generation"], json!(null));
+    assert_eq!(
+        host.link("/run/current-system").as_deref(),
+        Some(one.as_str())
+    );
+    assert_eq!(host.generation(), None);
+    assert_eq!(host.read("/root/boot-default"), "");
+
+    // boot: profile and boot entry, the running system stays.
+    let out = provider()
+        .create("deployment", with_goal(&two, "boot"), false)
+        .outputs();
+    assert_eq!(out["generation"], json!(1));
+    assert_eq!(host.generation().as_deref(), Some("system-1-link"));
+    assert_eq!(host.read("/root/boot-default").trim(), two);
+    assert_eq!(
+        host.link("/run/current-system").as_deref(),
+        Some(one.as_str())
+    );
+
+    // dry-activate: runs, changes nothing.
+    let activations = host.activations().len();
+    let out = provider()
+        .create("deployment", with_goal(&one, "dry-activate"), false)
+        .outputs();
+    assert_eq!(out["changed"], json!(false));
+    assert_eq!(host.activations().len(), activations + 2);
+    assert_eq!(
+        host.activations()[activations],
+        format!("dry-activate {one}")
+    );
+    assert_eq!(host.generation().as_deref(), Some("system-1-link"));
+    assert_eq!(host.read("/root/boot-default").trim(), two);
+
+    // Magic rollback does not apply to boot.
+    let mut inputs = with_goal(&two, "boot");
+    inputs["magicRollback"] = json!(true);
+    let error = provider()
+        .create("deployment", inputs, false)
+        .error_message();
+    assert!(error.contains("invalid input `magicRollback`"), "{error}");
+}
+
+#[test]
+fn a_host_offering_another_key_is_refused_naming_that_key() {
+    let host = TestHost::start();
+    let system = build_system("hostkey", "ok", 1, "hostkey");
+    let other = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(other.path().join("k"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut inputs = host.inputs(&system);
+    inputs["hostPublicKey"] = json!(
+        std::fs::read_to_string(other.path().join("k.pub"))
+            .unwrap()
+            .trim()
+    );
+    let error = provider()
+        .create("deployment", inputs, false)
+        .error_message();
+    let fingerprint = String::from_utf8(
+        std::process::Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(host.dir.path().join("host_key.pub"))
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .split_whitespace()
+    .nth(1)
+    .unwrap()
+    .to_string();
+    assert!(
+        error.starts_with("deployment: permission denied `hostPublicKey`"),
+        "{error}"
+    );
+    assert!(
+        error.contains(&format!("offered host key {fingerprint}")),
+        "{error}"
+    );
+    assert!(error.contains("hint:"), "{error}");
+    assert!(host.store_paths().is_empty(), "nothing was copied");
+    assert!(host.activations().is_empty());
+}
+
+#[test]
+fn an_unreachable_host_fails_in_bounded_time_saying_so() {
+    let system = build_system("unreachable", "ok", 1, "unreachable");
+    let host_key = {
+        let host = TestHost::start();
+        host.host_key.clone()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("id");
+    std::fs::write(&key, "not used").unwrap();
+
+    // Nothing listens: refused at once.
+    let port = common::free_port();
+    let inputs = json!({"system": system, "host": "127.0.0.1", "port": port,
+        "hostPublicKey": host_key, "sshKeyFile": key, "connectTimeout": 2});
+    let error = provider()
+        .create("deployment", inputs, false)
+        .error_message();
+    assert!(error.contains("backend unavailable (retryable)"), "{error}");
+    assert!(
+        error.contains(&format!("root@127.0.0.1:{port} refused the connection")),
+        "{error}"
+    );
+
+    // Something accepts TCP but never speaks SSH: bounded by connectTimeout.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let inputs = json!({"system": system, "host": "127.0.0.1", "port": port,
+        "hostPublicKey": host_key, "sshKeyFile": key, "connectTimeout": 2});
+    let start = Instant::now();
+    let error = provider()
+        .create("deployment", inputs, false)
+        .error_message();
+    let elapsed = start.elapsed();
+    assert!(elapsed < Duration::from_secs(15), "took {elapsed:?}");
+    assert!(elapsed >= Duration::from_secs(2), "took {elapsed:?}");
+    assert!(
+        error.contains("no SSH answer from root@127.0.0.1"),
+        "{error}"
+    );
+    assert!(error.contains("within 2 s"), "{error}");
+}
+
+#[test]
+fn a_failing_activation_is_rolled_back_and_reported_with_its_output() {
+    let host = TestHost::start();
+    let good = build_system("rollback-good", "ok", 1, "rollback");
+    let bad = build_system("rollback-bad", "fail", 1, "rollback");
+    provider()
+        .create("deployment", host.inputs(&good), false)
+        .outputs();
+    let error = provider()
+        .create("deployment", host.inputs(&bad), false)
+        .error_message();
+    assert!(
+        error.starts_with("deployment: invalid input `system`"),
+        "{error}"
+    );
+    assert!(error.contains("exited with status 4"), "{error}");
+    assert!(
+        error.contains("the host rolled back to generation 1"),
+        "{error}"
+    );
+    assert!(
+        error.contains("error: test.service failed to start"),
+        "{error}"
+    );
+    assert!(error.contains("hint: fix the configuration"), "{error}");
+    // The good system runs again, generation 1 is current, the failed one
+    // is gone from the profile.
+    assert_eq!(
+        host.link("/run/current-system").as_deref(),
+        Some(good.as_str())
+    );
+    assert_eq!(host.generation().as_deref(), Some("system-1-link"));
+    assert!(!host.path("/nix/var/nix/profiles/system-2-link").exists());
+    assert_eq!(host.read("/root/boot-default").trim(), good);
+    assert_eq!(
+        host.activations().last().unwrap(),
+        &format!("done switch {good}")
+    );
+    host.wait_idle();
+}
+
+#[test]
+fn a_system_that_locks_the_deployer_out_is_rolled_back_by_the_host() {
+    let host = TestHost::start();
+    let good = build_system("lockout-good", "ok", 1, "lockout");
+    let bad = build_system("lockout-bad", "lockout", 1, "lockout");
+    provider()
+        .create("deployment", host.inputs(&good), false)
+        .outputs();
+    let mut inputs = host.inputs(&bad);
+    inputs["confirmTimeout"] = json!(3);
+    let start = Instant::now();
+    let exchange = provider().create("deployment", inputs, false);
+    let error = exchange.error_message();
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        exchange.stderr.contains("cannot confirm the new system"),
+        "{}",
+        exchange.stderr
+    );
+    assert!(
+        error.contains("could not be confirmed over a new SSH connection within 3 s"),
+        "{error}"
+    );
+    assert!(
+        error.contains("the host rolled back to generation 1"),
+        "{error}"
+    );
+    assert!(
+        error.contains("did not accept the deployer's key"),
+        "{error}"
+    );
+    // Access is back, and so is the good system.
+    assert_eq!(
+        host.link("/run/current-system").as_deref(),
+        Some(good.as_str())
+    );
+    assert_eq!(host.generation().as_deref(), Some("system-1-link"));
+    assert!(host.path("/root/.ssh/authorized_keys").exists());
+    let out = provider()
+        .create("deployment", host.inputs(&good), false)
+        .outputs();
+    assert_eq!(out["changed"], json!(false));
+    host.wait_idle();
+}
+
+#[test]
+fn the_switch_survives_the_connection_dropping_and_its_outcome_is_reported() {
+    let host = TestHost::start();
+    let system = build_system("drop", "drop", 1, "drop");
+    let exchange = provider().create("deployment", host.inputs(&system), false);
+    let out = exchange.outputs();
+    assert_eq!(out["generation"], json!(1));
+    assert_eq!(
+        host.activations(),
+        [
+            format!("switch {system}"),
+            "dropped the SSH connections and carried on".to_string(),
+            format!("done switch {system}")
+        ]
+    );
+    assert_eq!(
+        host.link("/run/current-system").as_deref(),
+        Some(system.as_str())
+    );
+}
+
+#[test]
+fn keys_arrive_atomically_with_owner_and_mode_and_are_never_logged() {
+    let host = TestHost::start();
+    let system = build_system("keys", "ok", 1, "keys");
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = "s3cr3t-garage-key-7f2b";
+    std::fs::write(secrets.path().join("s3"), secret).unwrap();
+    std::fs::write(secrets.path().join("admin"), "admin-password-91c\n").unwrap();
+    let mut inputs = host.inputs(&system);
+    inputs["keys"] = json!([
+        {"name": "s3-secret", "file": secrets.path().join("s3")},
+        {"name": "admin", "file": secrets.path().join("admin"), "destDir": "/root/app/secrets",
+         "owner": "root", "group": "daemon", "permissions": "0640", "uploadAt": "post-activation"},
+    ]);
+    let exchange = provider()
+        .env("FEDI_LOG", "trace")
+        .create("deployment", inputs.clone(), false);
+    let out = exchange.outputs();
+    assert_eq!(
+        out["keys"],
+        json!(["/run/keys/s3-secret", "/root/app/secrets/admin"])
+    );
+    let s3 = host.path("/run/keys/s3-secret");
+    assert_eq!(std::fs::read_to_string(&s3).unwrap(), secret);
+    let meta = std::fs::metadata(&s3).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!((meta.uid(), meta.gid()), (0, 0));
+    let admin = host.path("/root/app/secrets/admin");
+    assert_eq!(
+        std::fs::read_to_string(&admin).unwrap(),
+        "admin-password-91c\n"
+    );
+    let meta = std::fs::metadata(&admin).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+    assert_eq!(meta.gid(), 1, "group daemon");
+    // Nothing else in the directories: no temporary file left.
+    let names: Vec<_> = std::fs::read_dir(host.path("/run/keys"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(names, ["s3-secret"]);
+    // Not in the store, not in the log, not in the response.
+    for path in host.store_paths() {
+        let text = std::fs::read_to_string(host.path(&path)).unwrap_or_default();
+        assert!(!text.contains(secret), "{path}");
+    }
+    assert!(!exchange.stderr.contains(secret), "{}", exchange.stderr);
+    assert!(
+        !exchange.stderr.contains("admin-password"),
+        "{}",
+        exchange.stderr
+    );
+    assert!(!exchange.response.to_string().contains(secret));
+
+    // Same content again: unchanged. A new content: replaced, changed.
+    let out = provider()
+        .create("deployment", inputs.clone(), false)
+        .outputs();
+    assert_eq!(out["changed"], json!(false));
+    std::fs::write(secrets.path().join("s3"), "rotated").unwrap();
+    let out = provider().create("deployment", inputs, false).outputs();
+    assert_eq!(out["changed"], json!(true));
+    assert_eq!(std::fs::read_to_string(&s3).unwrap(), "rotated");
+}
+
+#[test]
+fn unsigned_paths_are_refused_with_the_way_out() {
+    let host = TestHost::start();
+    let system = build_system("unsigned", "ok", 1, "unsigned");
+    let mut inputs = host.inputs(&system);
+    inputs["checkSignatures"] = json!(true);
+    let error = provider()
+        .create("deployment", inputs, false)
+        .error_message();
+    assert!(error.contains("without a signature it trusts"), "{error}");
+    assert!(error.contains("nix store sign"), "{error}");
+    assert!(error.contains("checkSignatures = false"), "{error}");
+    assert!(host.activations().is_empty());
+}
+
+#[test]
+fn bad_inputs_are_refused_before_connecting() {
+    let system = build_system("inputs", "ok", 1, "inputs");
+    let base = json!({"system": system, "host": "127.0.0.1", "port": 9,
+        "hostPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFh3lOJyc3Qjl1UVrRQnxW7fH1ncTdfWSPMWUy9Rj8Jv"});
+    let cases = [
+        (
+            json!({"system": "/tmp/x"}),
+            "invalid input `system`: `/tmp/x` is not a store path",
+        ),
+        (
+            json!({"system": "/nix/store/00000000000000000000000000000000-missing"}),
+            "is not in the deploying machine's Nix store",
+        ),
+        (json!({"host": "root@web"}), "invalid input `host`"),
+        (
+            json!({"hostPublicKey": "not a key"}),
+            "invalid input `hostPublicKey`",
+        ),
+        (json!({"goal": "reboot"}), "`goal`"),
+        (
+            json!({"sshKeyFile": "/nonexistent/key"}),
+            "invalid input `sshKeyFile`: cannot read",
+        ),
+        (
+            json!({"keys": [{"name": "../x", "file": "/etc/hostname"}]}),
+            "invalid input `keys[0].name`",
+        ),
+        (
+            json!({"keys": [{"name": "x", "file": "/nonexistent/secret"}]}),
+            "invalid input `keys[0].file`",
+        ),
+        (
+            json!({"keys": [{"name": "x", "file": "/etc/hostname", "permissions": "rw"}]}),
+            "invalid input `keys[0].permissions`",
+        ),
+        (
+            json!({"confirmTimeout": 0}),
+            "invalid input `confirmTimeout`",
+        ),
+    ];
+    for (patch, expected) in cases {
+        let mut inputs = base.clone();
+        for (k, v) in patch.as_object().unwrap() {
+            inputs[k] = v.clone();
+        }
+        let start = Instant::now();
+        let error = provider()
+            .create("deployment", inputs, false)
+            .error_message();
+        assert!(
+            error.contains(expected),
+            "expected `{expected}` in: {error}"
+        );
+        assert!(start.elapsed() < Duration::from_secs(2));
+    }
+}
+
+#[test]
+fn transcript() {
+    let host = TestHost::start();
+    let system = build_system("transcript", "ok", 1, "transcript");
+    let harness = provider().recording();
+    let first = harness.create("deployment", host.inputs(&system), false);
+    harness.create("deployment", host.inputs(&system), false);
+    harness.read("deployment", host.inputs(&system), first.outputs());
+    harness.delete("deployment", host.inputs(&system), first.outputs());
+    let mut bad = host.inputs(&system);
+    bad["port"] = json!(0);
+    harness.create("deployment", bad, false);
+    let redactions = host.redactions().text(&system[..44], "/nix/store/<hash>");
+    insta::assert_snapshot!(harness.transcript().to_jsonl(&redactions));
+}
+
+#[test]
+fn generated_nix_module_and_reference_are_in_sync() {
+    assert_generated_in_sync(
+        env!("CARGO_BIN_EXE_fedi-nixos-config"),
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."),
+    );
+}
