@@ -19,6 +19,7 @@
         garage-bucket = "fedi-garage-bucket";
         proxmox-vm = "fedi-proxmox-vm";
         dns-record = "fedi-dns-record";
+        nixos-config = "fedi-nixos-config";
       };
 
       workspace =
