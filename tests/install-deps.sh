@@ -21,6 +21,9 @@ command -v nsupdate >/dev/null || need+=(bind9-dnsutils)
 # sshd: the test host the nixos-config tests deploy to (in a mount namespace
 # of its own, with its own /nix; the Debian service unit is not used).
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+# sudo: the nixos-config tests deploy as a non-root user with passwordless
+# sudo (its sudoers only inside the test host's namespace).
+command -v sudo >/dev/null || need+=(sudo)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need[*]}" >&2

@@ -30,6 +30,8 @@
 //! system.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use fedi_protocol::schemars::{self, JsonSchema};
@@ -501,29 +503,70 @@ impl DeploymentInputs {
 /// What the probe found on the host.
 #[derive(Debug, Default)]
 struct Probe {
+    uid: Option<u32>,
     current: Option<String>,
     profile: Option<String>,
     generation: Option<u64>,
     valid: bool,
-    busy: Option<String>,
+    busy: Option<Activation>,
+    last: Option<LastActivation>,
+}
+
+/// An activation the host knows of (running, or finished).
+#[derive(Debug, Default)]
+struct Activation {
+    id: String,
+    system: String,
+    goal: String,
+    /// The system that ran before it.
+    previous: Option<String>,
+}
+
+/// The last activation, finished but not collected by any deployer (the
+/// one that started it died).
+#[derive(Debug)]
+struct LastActivation {
+    activation: Activation,
+    status: String,
 }
 
 fn parse_probe(text: &str) -> Probe {
     let mut probe = Probe::default();
+    let mut busy = Activation::default();
     for line in text.lines() {
         let Some((key, value)) = line.split_once('=') else {
             continue;
         };
-        let value = value.trim();
-        let some = (!value.is_empty()).then(|| value.to_string());
+        let some = (!value.trim().is_empty()).then(|| value.trim().to_string());
         match key {
+            "uid" => probe.uid = value.trim().parse().ok(),
             "current" => probe.current = some,
             "profile" => probe.profile = some,
-            "generation" => probe.generation = generation_of(value),
-            "valid" => probe.valid = value == "1",
-            "busy" => probe.busy = some,
+            "generation" => probe.generation = generation_of(value.trim()),
+            "valid" => probe.valid = value.trim() == "1",
+            "busy" => busy.id = value.trim().to_string(),
+            "busy_system" => busy.system = value.trim().to_string(),
+            "busy_goal" => busy.goal = value.trim().to_string(),
+            "busy_previous" => busy.previous = some,
+            "last" => {
+                let fields: Vec<&str> = value.split('\t').collect();
+                if let [id, system, goal, previous, status] = fields.as_slice() {
+                    probe.last = Some(LastActivation {
+                        activation: Activation {
+                            id: id.to_string(),
+                            system: system.to_string(),
+                            goal: goal.to_string(),
+                            previous: (!previous.is_empty()).then(|| previous.to_string()),
+                        },
+                        status: status.trim().to_string(),
+                    });
+                }
+            }
             _ => {}
         }
+    }
+    if !busy.id.is_empty() {
+        probe.busy = Some(busy);
     }
     probe
 }
@@ -535,6 +578,10 @@ fn generation_of(text: &str) -> Option<u64> {
 }
 
 const PROBE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// How long the confirming command waits on the host for the runner to
+/// take the confirmation (it looks every 50 ms).
+const CONFIRM_WAIT: Duration = Duration::from_secs(10);
 
 fn probe(session: &Session, system: &str) -> Result<Probe> {
     let out = session.run_ok(
@@ -600,23 +647,27 @@ fn parse_status(line: &str) -> Option<Outcome> {
     }
 }
 
-/// Polls the runner's status until `until` says it is final or `deadline`
-/// passes, reconnecting when the connection drops. Returns the last line.
-fn poll_status(
+/// Waits for the runner's status until it is final (or, with
+/// `activated_is_enough`, `activated`) or `deadline` passes, reconnecting
+/// when the connection drops. The waiting happens on the host (one remote
+/// command per 30 s at most), not in round trips. Returns the last line.
+fn wait_status(
     session: &mut Session,
     id: &str,
     deadline: Instant,
-    until: impl Fn(&str) -> bool,
+    activated_is_enough: bool,
 ) -> Result<String> {
-    let mut pause = Duration::from_millis(50);
+    let until =
+        |l: &str| (activated_is_enough && l.starts_with("activated")) || parse_status(l).is_some();
     let mut last_error: Option<Error>;
     let mut last_line = String::from("none");
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let budget = remaining.max(Duration::from_secs(1)) + session.target().connect_timeout;
+        let seconds = remaining.as_secs().clamp(1, 30);
+        let budget = Duration::from_secs(seconds + 10) + session.target().connect_timeout;
         match session.run(
             "checking on the activation",
-            &remote::status(id),
+            &remote::wait_status(id, activated_is_enough, seconds),
             None,
             budget,
         ) {
@@ -631,6 +682,7 @@ fn poll_status(
                 tracing::warn!(error = %e, "lost the connection to the host; the activation continues there; reconnecting");
                 session.reconnect();
                 last_error = Some(e);
+                std::thread::sleep(Duration::from_millis(200));
             }
             Err(Failure::Remote(done)) => {
                 return Err(session.remote_failure("checking on the activation", &done));
@@ -649,8 +701,6 @@ fn poll_status(
             }
             return Err(error);
         }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(500));
     }
 }
 
@@ -697,13 +747,33 @@ fn activate(session: &mut Session, plan: &Plan) -> Result<Option<u64>> {
         plan.inputs.confirm_timeout,
     );
     let step = format!("starting `switch-to-configuration {goal}`");
-    let launched = match session.run(
+    let activation_deadline = Instant::now() + Duration::from_secs(plan.inputs.activation_timeout);
+    let watch_id = id.clone();
+    let started = Arc::new(AtomicBool::new(false));
+    let seen = Arc::clone(&started);
+    let watch: crate::process::LineWatcher = Box::new(move |line: &str| {
+        if line.starts_with("launched") {
+            seen.store(true, Ordering::SeqCst);
+            tracing::info!(id = %watch_id, how = %line, goal, "activation started on the host");
+            fedi_protocol::fault::point("after-activation-started");
+        }
+    });
+    let wait = plan.inputs.activation_timeout.min(30);
+    let launched = match session.run_watching(
         &step,
-        &remote::launch(&id),
+        &remote::launch(&id, &plan.system, goal, wait),
         Some(runner.as_bytes()),
-        PROBE_DEADLINE,
+        PROBE_DEADLINE + Duration::from_secs(wait),
+        Some(watch),
     ) {
         Ok(done) => done.stdout,
+        Err(Failure::Connection(e)) if started.load(Ordering::SeqCst) => {
+            // Started, then the connection dropped: the activation goes on;
+            // follow it over a new connection.
+            tracing::warn!(error = %e, "lost the connection to the host; the activation continues there; reconnecting");
+            session.reconnect();
+            String::new()
+        }
         Err(Failure::Connection(e)) => return Err(e),
         Err(Failure::Remote(done)) if done.code() == Some(3) => {
             return Err(Error::conflict(format!(
@@ -717,28 +787,50 @@ fn activate(session: &mut Session, plan: &Plan) -> Result<Option<u64>> {
         }
         Err(Failure::Remote(done)) => return Err(session.remote_failure(&step, &done)),
     };
-    tracing::info!(id = %id, how = %launched.trim(), goal, "activation started on the host");
-    fedi_protocol::fault::point("after-activation-started");
-    let activation_deadline = Instant::now() + Duration::from_secs(plan.inputs.activation_timeout);
-    let line = poll_status(session, &id, activation_deadline, |l| {
-        l.starts_with("activated") || parse_status(l).is_some()
-    })?;
-    let describe = session.target().describe();
+    let status = launched
+        .lines()
+        .rfind(|l| !l.starts_with("launched"))
+        .map(str::to_string);
+    follow(session, plan, &id, activation_deadline, status)
+}
+
+/// Follows the activation `id` (started by this deployment, or by one that
+/// died) to its end: waits for it, confirms it over a brand-new connection
+/// (magic rollback), and turns its outcome into the result.
+fn follow(
+    session: &mut Session,
+    plan: &Plan,
+    id: &str,
+    activation_deadline: Instant,
+    status: Option<String>,
+) -> Result<Option<u64>> {
+    // Whether the host knows the outcome was collected (see `remote::probe`).
+    let mut collected = false;
+    let line = match status.filter(|l| l.starts_with("activated") || parse_status(l).is_some()) {
+        Some(line) => line,
+        None => wait_status(session, id, activation_deadline, true)?,
+    };
     let outcome = if line.starts_with("activated") {
         // Magic rollback: confirm over a brand-new connection. A system that
-        // locked us out cannot be confirmed, and the host rolls back.
+        // locked us out cannot be confirmed, and the host rolls back. The
+        // confirming command also waits on the host for the runner's final
+        // word, so a confirmed activation needs no further round trip.
         session.reconnect();
         let confirm_deadline = Instant::now() + Duration::from_secs(plan.inputs.confirm_timeout);
         // The first reason a fresh connection failed: what locked us out.
         let mut failure: Option<Error> = None;
+        let mut confirmed: Option<String> = None;
         loop {
             match session.run(
                 "confirming over a new connection",
-                &remote::confirm(&id),
+                &remote::confirm(id, CONFIRM_WAIT.as_secs()),
                 None,
-                PROBE_DEADLINE,
+                PROBE_DEADLINE + CONFIRM_WAIT,
             ) {
-                Ok(_) => break,
+                Ok(done) => {
+                    confirmed = Some(done.stdout.trim().to_string());
+                    break;
+                }
                 Err(Failure::Connection(e)) => {
                     tracing::warn!(error = %e, "cannot confirm the new system over a fresh connection yet");
                     failure.get_or_insert(e);
@@ -756,10 +848,18 @@ fn activate(session: &mut Session, plan: &Plan) -> Result<Option<u64>> {
         // The runner has the last word: confirmed, or rolled back. Past the
         // confirmation window it rolls back, which restores access when the
         // new system was what locked us out.
-        let final_deadline = Instant::now()
-            + Duration::from_secs(plan.inputs.activation_timeout)
-            + Duration::from_secs(2);
-        let line = poll_status(session, &id, final_deadline, |l| parse_status(l).is_some())?;
+        let line = match confirmed.filter(|l| parse_status(l).is_some()) {
+            Some(line) => {
+                collected = true;
+                line
+            }
+            None => {
+                let final_deadline = Instant::now()
+                    + Duration::from_secs(plan.inputs.activation_timeout)
+                    + Duration::from_secs(2);
+                wait_status(session, id, final_deadline, false)?
+            }
+        };
         let outcome = parse_status(&line).expect("final status");
         if let (Outcome::Unconfirmed { .. }, Some(e)) = (&outcome, &failure) {
             tracing::warn!(error = %e, "the new system could not be confirmed");
@@ -768,6 +868,30 @@ fn activate(session: &mut Session, plan: &Plan) -> Result<Option<u64>> {
     } else {
         (parse_status(&line).expect("final status"), None)
     };
+    if !collected && !matches!(outcome.0, Outcome::Failed { .. }) {
+        // (A failure is marked collected when its log is read.)
+        if let Err(e) = session.run_ok(
+            "recording that the outcome was reported",
+            &remote::reported(id),
+            None,
+            PROBE_DEADLINE,
+        ) {
+            tracing::warn!(error = %e, "cannot mark the activation's outcome as reported");
+        }
+    }
+    outcome_result(session, plan, id, outcome)
+}
+
+/// The result of a finished activation: its generation, or the error
+/// saying what failed and what the host rolled back to.
+fn outcome_result(
+    session: &Session,
+    plan: &Plan,
+    id: &str,
+    outcome: (Outcome, Option<Error>),
+) -> Result<Option<u64>> {
+    let goal = plan.goal.as_str();
+    let describe = session.target().describe();
     match outcome {
         (Outcome::Done(generation), _) => Ok(generation),
         (
@@ -778,7 +902,7 @@ fn activate(session: &mut Session, plan: &Plan) -> Result<Option<u64>> {
             },
             _,
         ) => {
-            let log = log_tail(session, &id);
+            let log = log_tail(session, id);
             Err(Error::invalid_input(
                 "system",
                 format!(
@@ -841,15 +965,85 @@ fn deploy(inputs: DeploymentInputs) -> Result<DeploymentOutputs> {
     let describe = plan.target.describe();
     tracing::info!(host = %describe, system = %plan.system, goal = plan.goal.as_str(), "deploying");
     let found = probe(&session, &plan.system)?;
-    if let Some(busy) = &found.busy {
-        return Err(Error::conflict(format!(
-            "another activation is running on {describe} ({busy})"
-        ))
-        .with_hint(
-            "wait for it to finish (its log is in /run/fedi-nixos-config), then deploy again",
-        ));
+    let goal = plan.goal.as_str();
+    if found.uid.is_some_and(|uid| uid != 0) {
+        return Err(Error::invalid_input(
+            "sudo",
+            format!(
+                "`{}` is not root on {describe}, and activating a system (setting the system \
+                 profile, running `switch-to-configuration`) needs root",
+                plan.target.user
+            ),
+        )
+        .with_hint(format!(
+            "set `sudo = true` and allow `{}` passwordless sudo on the host \
+             (`security.sudo.wheelNeedsPassword = false` with the user in `wheel`, or a NOPASSWD \
+             rule), or log in as `root`",
+            plan.target.user
+        )));
     }
     let keys = plan.keys.iter().map(Key::remote_path).collect();
+    if let Some(busy) = &found.busy {
+        if busy.system != plan.system || busy.goal != goal {
+            return Err(Error::conflict(format!(
+                "another activation is running on {describe} ({}: `{}` of {})",
+                busy.id, busy.goal, busy.system
+            ))
+            .with_hint(
+                "wait for it to finish (its log is in /run/fedi-nixos-config), then deploy again",
+            ));
+        }
+        // A deployment of exactly this died after starting the activation:
+        // follow that one to its end instead of starting another.
+        tracing::info!(host = %describe, id = %busy.id, "this system's activation, started by an earlier deployment, still runs; following it");
+        upload_keys(&session, &plan.keys, UploadAt::PreActivation)?;
+        let activation_deadline =
+            Instant::now() + Duration::from_secs(plan.inputs.activation_timeout);
+        let generation = follow(&mut session, &plan, &busy.id, activation_deadline, None)?;
+        upload_keys(&session, &plan.keys, UploadAt::PostActivation)?;
+        tracing::info!(host = %describe, generation, elapsed_ms = started.elapsed().as_millis() as u64, "deployed");
+        return Ok(DeploymentOutputs {
+            system: plan.system.clone(),
+            generation: if plan.goal.sets_profile() {
+                generation
+            } else {
+                found.generation
+            },
+            changed: plan.goal != Goal::DryActivate,
+            paths_copied: 0,
+            previous_system: busy.previous.clone(),
+            keys,
+        });
+    }
+    // The outcome of this system's last activation, which nobody reported
+    // (the deployment that started it died): report it rather than
+    // activating again, unless it was rolled back for want of confirmation.
+    let mut adopted: Option<&Activation> = None;
+    if let Some(last) = found
+        .last
+        .as_ref()
+        .filter(|l| l.activation.system == plan.system && l.activation.goal == goal)
+    {
+        let id = &last.activation.id;
+        if let Err(e) = session.run_ok(
+            "recording that the outcome was reported",
+            &remote::reported(id),
+            None,
+            PROBE_DEADLINE,
+        ) {
+            tracing::warn!(error = %e, "cannot mark the activation's outcome as reported");
+        }
+        match parse_status(&last.status) {
+            Some(Outcome::Done(_)) => adopted = Some(&last.activation),
+            Some(outcome @ Outcome::Failed { .. }) => {
+                tracing::info!(host = %describe, id = %id, "this system's activation, started by an earlier deployment, failed; reporting it");
+                outcome_result(&session, &plan, id, (outcome, None))?;
+            }
+            _ => {
+                tracing::info!(host = %describe, id = %id, status = %last.status, "this system's last activation, started by an earlier deployment, did not complete; activating again");
+            }
+        }
+    }
     if already_there(&found, &plan.system, plan.goal) {
         let changed = upload_keys(&session, &plan.keys, UploadAt::PreActivation)?
             | upload_keys(&session, &plan.keys, UploadAt::PostActivation)?;
@@ -857,9 +1051,12 @@ fn deploy(inputs: DeploymentInputs) -> Result<DeploymentOutputs> {
         return Ok(DeploymentOutputs {
             system: plan.system,
             generation: found.generation,
-            changed,
+            changed: changed || adopted.is_some(),
             paths_copied: 0,
-            previous_system: found.current,
+            previous_system: match adopted {
+                Some(activation) => activation.previous.clone(),
+                None => found.current,
+            },
             keys,
         });
     }

@@ -3,7 +3,7 @@
 //! never reach it), optional input on stdin, and a deadline after which the
 //! child is killed.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,20 @@ pub fn run(
     input: Option<&[u8]>,
     deadline: Duration,
 ) -> std::io::Result<Finished> {
+    run_watching(command, input, deadline, None)
+}
+
+/// Called with each line of a child's stdout as it arrives.
+pub type LineWatcher = Box<dyn Fn(&str) + Send>;
+
+/// Like [`run`], calling `watch` with each line of stdout as it arrives
+/// (e.g. to act on "started" before the command is done).
+pub fn run_watching(
+    command: &mut Command,
+    input: Option<&[u8]>,
+    deadline: Duration,
+    watch: Option<LineWatcher>,
+) -> std::io::Result<Finished> {
     command
         .stdin(if input.is_some() {
             Stdio::piped()
@@ -58,8 +72,8 @@ pub fn run(
             let _ = stdin.write_all(&input);
         })
     });
-    let stdout = reader(&mut child, true);
-    let stderr = reader(&mut child, false);
+    let stdout = reader(&mut child, true, watch);
+    let stderr = reader(&mut child, false, None);
     let status = wait(&mut child, deadline)?;
     if let Some(writer) = writer {
         let _ = writer.join();
@@ -71,15 +85,30 @@ pub fn run(
     })
 }
 
-fn reader(child: &mut Child, stdout: bool) -> std::thread::JoinHandle<String> {
-    let mut pipe: Box<dyn Read + Send> = if stdout {
+fn reader(
+    child: &mut Child,
+    stdout: bool,
+    watch: Option<LineWatcher>,
+) -> std::thread::JoinHandle<String> {
+    let pipe: Box<dyn Read + Send> = if stdout {
         Box::new(child.stdout.take().expect("piped stdout"))
     } else {
         Box::new(child.stderr.take().expect("piped stderr"))
     };
     std::thread::spawn(move || {
+        let mut pipe = std::io::BufReader::new(pipe);
         let mut bytes = Vec::new();
-        let _ = pipe.read_to_end(&mut bytes);
+        loop {
+            let start = bytes.len();
+            match pipe.read_until(b'\n', &mut bytes) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if let Some(watch) = &watch {
+                        watch(String::from_utf8_lossy(&bytes[start..]).trim_end());
+                    }
+                }
+            }
+        }
         String::from_utf8_lossy(&bytes).into_owned()
     })
 }

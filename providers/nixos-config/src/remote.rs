@@ -17,21 +17,36 @@ pub const STATE_DIR: &str = "/run/fedi-nixos-config";
 /// The NixOS system profile.
 pub const PROFILE: &str = "/nix/var/nix/profiles/system";
 
-/// Prints `key=value` lines: the running system, the profile's system and
-/// generation link, whether `system` is valid in the target's store,
-/// whether systemd runs, and a running activation.
+/// Prints `key=value` lines: the user's uid, the running system, the
+/// profile's system and generation link, whether `system` is valid in the
+/// target's store, whether systemd runs, a running activation (`busy`, with
+/// its system, goal and the system that ran before it), and the outcome of
+/// the last activation when no deployer has collected it yet (`last`: its
+/// id, system, goal, previous system and status line, tab-separated).
 pub fn probe(system: &str) -> String {
     format!(
         r#"current=; profile=
+echo "uid=$(id -u)"
 [ -e /run/current-system ] && current=$(readlink -f /run/current-system)
 [ -e {PROFILE} ] && profile=$(readlink -f {PROFILE})
 echo "current=$current"
 echo "profile=$profile"
 echo "generation=$(readlink {PROFILE} 2>/dev/null || true)"
-if nix-store --check-validity {system} >/dev/null 2>&1; then echo valid=1; else echo valid=0; fi
+if [ -e {system} ] && nix-store --check-validity {system} >/dev/null 2>&1; then echo valid=1; else echo valid=0; fi
 if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then echo systemd=1; fi
-pid=$(cat {STATE_DIR}/active/pid 2>/dev/null || true)
-if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then echo "busy=$(cat {STATE_DIR}/active/id 2>/dev/null)"; fi
+dir={STATE_DIR}
+pid=$(cat "$dir/active/pid" 2>/dev/null || true)
+if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+  echo "busy=$(cat "$dir/active/id" 2>/dev/null)"
+  echo "busy_system=$(cat "$dir/active/system" 2>/dev/null)"
+  echo "busy_goal=$(cat "$dir/active/goal" 2>/dev/null)"
+  echo "busy_previous=$(cat "$dir/active/previous" 2>/dev/null)"
+elif [ -f "$dir/last" ]; then
+  id=$(cut -f1 "$dir/last")
+  if [ -n "$id" ] && [ ! -e "$dir/$id.reported" ] && [ -f "$dir/$id.status" ]; then
+    printf 'last=%s\t%s\n' "$(cat "$dir/last")" "$(cat "$dir/$id.status")"
+  fi
+fi
 exit 0
 "#,
         system = shell_quote(system),
@@ -66,9 +81,16 @@ fi
     )
 }
 
-/// Takes the lock, stores the runner (given on stdin) and starts it
-/// detached. Exits 3 printing `busy <id>` when another activation runs.
-pub fn launch(id: &str) -> String {
+/// Takes the lock, records what it activates (`system`, `goal`, the
+/// `previous` running system) beside it, stores the runner (given on stdin)
+/// and starts it detached; returns once the runner's pid is recorded, so a
+/// deployer that dies right after this still finds the activation busy.
+/// Prints `launched ...`, then waits on the host like [`wait_status`] (at
+/// most about `wait_seconds`) for the activation to get past
+/// `switch-to-configuration` and prints the status line: one round trip
+/// from start to outcome. Exits 3 printing `busy <id>` when another
+/// activation runs.
+pub fn launch(id: &str, system: &str, goal: &str, wait_seconds: u64) -> String {
     format!(
         r#"set -e
 dir={STATE_DIR}; id={id}
@@ -79,40 +101,80 @@ if ! mkdir "$dir/active" 2>/dev/null; then
   rm -rf "$dir/active"; mkdir "$dir/active"
 fi
 echo "$id" > "$dir/active/id"
+printf '%s\n' {system} > "$dir/active/system"
+printf '%s\n' {goal} > "$dir/active/goal"
+previous=; [ -e /run/current-system ] && previous=$(readlink -f /run/current-system)
+printf '%s\n' "$previous" > "$dir/active/previous"
 cat > "$dir/$id.sh"
 if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then
   systemd-run --unit="fedi-nixos-config-$id" --collect --quiet --setenv=PATH="$PATH" -- /bin/sh "$dir/$id.sh"
+  n=0
+  while [ ! -s "$dir/active/pid" ] && [ ! -e "$dir/$id.status" ] && [ "$n" -lt 1000 ]; do sleep 0.01; n=$((n + 1)); done
   echo "launched with systemd-run"
 else
   setsid nohup /bin/sh "$dir/$id.sh" </dev/null >/dev/null 2>&1 &
+  {{ echo "$!" > "$dir/active/pid.tmp" && mv -f "$dir/active/pid.tmp" "$dir/active/pid"; }} 2>/dev/null || true
   echo "launched with setsid"
 fi
+{wait}"#,
+        id = shell_quote(id),
+        system = shell_quote(system),
+        goal = shell_quote(goal),
+        wait = wait_status(id, true, wait_seconds),
+    )
+}
+
+/// Waits on the host (no round trips) until the runner's status line is
+/// final (`done`, `failed`, `unconfirmed`) or, with `activated_is_enough`, `activated`, or
+/// until about `seconds` passed; prints the status line, or `none`. Checks every 10 ms for the first half second, then every 50 ms,
+/// then every 200 ms.
+pub fn wait_status(id: &str, activated_is_enough: bool, seconds: u64) -> String {
+    format!(
+        r#"dir={STATE_DIR}; id={id}; enough={enough}; limit={limit}; n=0
+while :; do
+  s=$(cat "$dir/$id.status" 2>/dev/null || echo none)
+  case "$s" in
+    done*|failed*|unconfirmed*) break ;;
+    activated*) [ "$enough" = 1 ] && break ;;
+  esac
+  [ "$n" -ge "$limit" ] && break
+  n=$((n + 1))
+  if [ "$n" -le 50 ]; then sleep 0.01; elif [ "$n" -le 150 ]; then sleep 0.05; else sleep 0.2; fi
+done
+printf '%s\n' "$s"
 "#,
         id = shell_quote(id),
+        enough = if activated_is_enough { 1 } else { 0 },
+        limit = 150 + seconds * 5,
     )
 }
 
-/// Prints the runner's status line, or `none`.
-pub fn status(id: &str) -> String {
-    format!(
-        "cat {STATE_DIR}/{id}.status 2>/dev/null || echo none",
-        id = shell_quote(id)
-    )
+/// Marks the activation's outcome as collected by a deployer, so that a
+/// later probe does not offer it as the outcome of a crashed deployment.
+pub fn reported(id: &str) -> String {
+    format!("touch {STATE_DIR}/{id}.reported", id = shell_quote(id))
 }
 
-/// Prints the last lines of the activation's output.
+/// Marks the (final) outcome collected and prints the last lines of the
+/// activation's output.
 pub fn log_tail(id: &str) -> String {
     format!(
-        "tail -n 20 {STATE_DIR}/{id}.log 2>/dev/null || true",
-        id = shell_quote(id)
+        "{reported}; tail -n 20 {STATE_DIR}/{q}.log 2>/dev/null || true",
+        reported = reported(id),
+        q = shell_quote(id)
     )
 }
 
-/// Confirms the activation (magic rollback) and prints the status line.
-pub fn confirm(id: &str) -> String {
+/// Confirms the activation (magic rollback), then waits on the host for the
+/// runner's final status (at most about `seconds`), prints it and, when
+/// final, marks it collected.
+pub fn confirm(id: &str, seconds: u64) -> String {
     format!(
-        "touch {STATE_DIR}/{id}.confirm && cat {STATE_DIR}/{id}.status",
-        id = shell_quote(id)
+        "touch {STATE_DIR}/{q}.confirm && {wait}\
+         case \"$s\" in done*|failed*|unconfirmed*) {reported} ;; esac\n",
+        q = shell_quote(id),
+        wait = wait_status(id, false, seconds),
+        reported = reported(id),
     )
 }
 
@@ -141,6 +203,7 @@ pub fn runner(id: &str, system: &str, goal: &str, magic: bool, confirm_seconds: 
 dir={STATE_DIR}; id={id}; system={system}; goal={goal}; magic={magic}; confirm={confirm_seconds}
 profile={PROFILE}
 echo $$ > "$dir/active/pid"
+printf '%s\t%s\t%s\t%s\n' "$id" "$system" "$goal" "$(cat "$dir/active/previous" 2>/dev/null)" > "$dir/last"
 trap 'rm -rf "$dir/active"' EXIT
 exec </dev/null >>"$dir/$id.log" 2>&1
 status() {{ printf '%s\n' "$*" > "$dir/$id.status.tmp"; mv -f "$dir/$id.status.tmp" "$dir/$id.status"; }}
@@ -188,10 +251,10 @@ if [ "$rc" -ne 0 ]; then
 fi
 if [ "$magic" = 1 ]; then
   status "activated ${{new_gen:--}}"
-  waited=0
-  while [ "$waited" -lt $((confirm * 5)) ]; do
+  waited=0 # centiseconds: look every 10 ms for 2 s, then every 50 ms
+  while [ "$waited" -lt $((confirm * 100)) ]; do
     if [ -e "$dir/$id.confirm" ]; then status "done ${{new_gen:--}}"; exit 0; fi
-    sleep 0.2; waited=$((waited + 1))
+    if [ "$waited" -lt 200 ]; then sleep 0.01; waited=$((waited + 1)); else sleep 0.05; waited=$((waited + 5)); fi
   done
   if [ -e "$dir/$id.confirm" ]; then status "done ${{new_gen:--}}"; exit 0; fi
   echo "fedi-nixos-config: not confirmed within $confirm s; rolling back"

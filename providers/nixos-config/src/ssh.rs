@@ -164,6 +164,19 @@ impl Session {
         input: Option<&[u8]>,
         deadline: Duration,
     ) -> std::result::Result<Finished, Failure> {
+        self.run_watching(step, script, input, deadline, None)
+    }
+
+    /// Like [`Session::run`], calling `watch` with each line of the remote
+    /// command's stdout as it arrives.
+    pub fn run_watching(
+        &self,
+        step: &str,
+        script: &str,
+        input: Option<&[u8]>,
+        deadline: Duration,
+        watch: Option<process::LineWatcher>,
+    ) -> std::result::Result<Finished, Failure> {
         let remote = if self.target.sudo {
             format!("sudo -n sh -c {}", shell_quote(script))
         } else {
@@ -176,16 +189,17 @@ impl Session {
             .arg("--")
             .arg(remote);
         tracing::debug!(step, host = %self.target.describe(), "running a remote command");
-        let finished = process::run(&mut command, input, deadline).map_err(|e| {
-            Failure::Connection(
-                Error::invalid_input(
-                    "sshExecutable",
-                    format!("cannot run `{}`", self.target.ssh.display()),
+        let finished =
+            process::run_watching(&mut command, input, deadline, watch).map_err(|e| {
+                Failure::Connection(
+                    Error::invalid_input(
+                        "sshExecutable",
+                        format!("cannot run `{}`", self.target.ssh.display()),
+                    )
+                    .with_source(e)
+                    .with_hint("install OpenSSH's client or give its path in `sshExecutable`"),
                 )
-                .with_source(e)
-                .with_hint("install OpenSSH's client or give its path in `sshExecutable`"),
-            )
-        })?;
+            })?;
         if finished.timed_out() {
             return Err(Failure::Connection(
                 Error::unavailable(format!(

@@ -526,3 +526,223 @@ fn generated_nix_module_and_reference_are_in_sync() {
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."),
     );
 }
+
+#[test]
+fn a_non_root_user_deploys_through_sudo_and_without_it_is_told_so() {
+    let host = TestHost::start();
+    let system = build_system("sudo", "ok", 2, "sudo");
+
+    // Without sudo: refused before anything is copied, naming the fix.
+    let error = provider()
+        .create("deployment", host.inputs_as_deployer(&system, false), false)
+        .error_message();
+    assert!(
+        error.starts_with("deployment: invalid input `sudo`"),
+        "{error}"
+    );
+    assert!(
+        error.contains("`deployer` is not root on deployer@127.0.0.1"),
+        "{error}"
+    );
+    assert!(error.contains("set `sudo = true`"), "{error}");
+    assert!(error.contains("passwordless sudo"), "{error}");
+    assert!(host.store_paths().is_empty(), "nothing was copied");
+    assert!(host.activations().is_empty(), "nothing was activated");
+
+    // With sudo: the same result as root's, done by root on the host.
+    let out = provider()
+        .create("deployment", host.inputs_as_deployer(&system, true), false)
+        .outputs();
+    assert_eq!(out["generation"], json!(1));
+    assert_eq!(out["changed"], json!(true));
+    assert_eq!(out["pathsCopied"], json!(closure(&system).len()));
+    assert_eq!(host.store_paths(), closure(&system));
+    for path in closure(&system) {
+        let meta = std::fs::symlink_metadata(host.path(&path)).unwrap();
+        assert_eq!(
+            meta.uid(),
+            0,
+            "{path} is owned by root, as the daemon adds it"
+        );
+    }
+    assert_eq!(host.generation().as_deref(), Some("system-1-link"));
+    let profile = std::fs::symlink_metadata(host.path("/nix/var/nix/profiles/system-1-link"));
+    assert_eq!(profile.unwrap().uid(), 0, "root set the profile");
+    assert_eq!(
+        host.link("/run/current-system").as_deref(),
+        Some(system.as_str())
+    );
+    assert_eq!(host.read("/root/boot-default").trim(), system);
+    assert_eq!(
+        host.activations(),
+        [format!("switch {system}"), format!("done switch {system}")],
+        "the switch ran once, as root (it writes to /root)"
+    );
+
+    // Unchanged, through sudo too.
+    let out = provider()
+        .create("deployment", host.inputs_as_deployer(&system, true), false)
+        .outputs();
+    assert_eq!(out["changed"], json!(false));
+    assert_eq!(out["generation"], json!(1));
+    assert_eq!(host.activations().len(), 2);
+}
+
+/// A provider for runs that abort: its temporary files (the SSH session's
+/// directory, which an aborted run cannot remove) go to `tmp`.
+fn crashing_provider(tmp: &Path) -> fedi_protocol::testkit::Harness {
+    provider().env("TMPDIR", &tmp.display().to_string())
+}
+
+#[test]
+fn a_deployment_that_died_after_the_copy_completes_when_retried() {
+    let host = TestHost::start();
+    let system = build_system("crash-copy", "ok", 3, "crash-copy");
+    let tmp = tempfile::tempdir().unwrap();
+    let request = json!({"createResourceRequest": {
+        "type": "deployment", "inputProperties": host.inputs(&system), "isStateful": false}});
+    let stderr = crashing_provider(tmp.path()).crash_at("after-copy", request);
+    assert!(stderr.contains("closure copied"), "{stderr}");
+    // The closure arrived, nothing was activated.
+    assert_eq!(host.store_paths(), closure(&system));
+    assert!(host.activations().is_empty());
+    assert_eq!(host.generation(), None);
+    let registered = |p: &str| std::fs::symlink_metadata(host.path(p)).unwrap().ctime();
+    let before: Vec<i64> = closure(&system).iter().map(|p| registered(p)).collect();
+
+    let out = provider()
+        .create("deployment", host.inputs(&system), false)
+        .outputs();
+    assert_eq!(out["pathsCopied"], json!(0), "nothing copied twice");
+    let after: Vec<i64> = closure(&system).iter().map(|p| registered(p)).collect();
+    assert_eq!(before, after, "the paths were not copied again");
+    assert_eq!(out["generation"], json!(1));
+    assert_eq!(out["changed"], json!(true));
+    assert_eq!(host.generation().as_deref(), Some("system-1-link"));
+    assert_eq!(
+        host.link("/run/current-system").as_deref(),
+        Some(system.as_str())
+    );
+    assert_eq!(
+        host.activations(),
+        [format!("switch {system}"), format!("done switch {system}")]
+    );
+}
+
+#[test]
+fn a_retry_follows_the_activation_a_dead_deployment_started_and_confirms_it() {
+    let host = TestHost::start();
+    let good = build_system("crash-activation-good", "ok", 1, "crash-activation");
+    let slow = build_system("crash-activation-slow", "slow", 1, "crash-activation");
+    let first = provider()
+        .create("deployment", host.inputs(&good), false)
+        .outputs();
+    assert_eq!(first["generation"], json!(1));
+    let tmp = tempfile::tempdir().unwrap();
+    let request = json!({"createResourceRequest": {
+        "type": "deployment", "inputProperties": host.inputs(&slow), "isStateful": false}});
+    let stderr = crashing_provider(tmp.path()).crash_at("after-activation-started", request);
+    assert!(
+        stderr.contains("activation started on the host"),
+        "{stderr}"
+    );
+    // The detached switch goes on without the deployer (it takes 3 s).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while host.activations().last() != Some(&format!("switch {slow}")) {
+        assert!(Instant::now() < deadline, "{:?}", host.activations());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // A deployment of another system meanwhile is refused, naming it.
+    let error = provider()
+        .create("deployment", host.inputs(&good), false)
+        .error_message();
+    assert!(error.contains("another activation is running"), "{error}");
+    assert!(error.contains(&slow), "{error}");
+
+    // The retry follows that activation and confirms it (magic rollback)
+    // instead of starting a second one.
+    let exchange = provider().create("deployment", host.inputs(&slow), false);
+    let out = exchange.outputs();
+    assert!(
+        exchange
+            .stderr
+            .contains("started by an earlier deployment, still runs"),
+        "{}",
+        exchange.stderr
+    );
+    assert_eq!(out["generation"], json!(2));
+    assert_eq!(out["changed"], json!(true));
+    assert_eq!(out["pathsCopied"], json!(0));
+    assert_eq!(out["previousSystem"], json!(good));
+    host.wait_idle();
+    // Confirmed: well past the confirmation window (5 s) it still runs.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        host.link("/run/current-system").as_deref(),
+        Some(slow.as_str())
+    );
+    assert_eq!(host.generation().as_deref(), Some("system-2-link"));
+    let switches = host
+        .activations()
+        .iter()
+        .filter(|l| **l == format!("switch {slow}"))
+        .count();
+    assert_eq!(switches, 1, "activated once: {:?}", host.activations());
+    assert_eq!(
+        host.activations().last(),
+        Some(&format!("done switch {slow}"))
+    );
+}
+
+#[test]
+fn a_retry_reports_the_failure_of_the_activation_a_dead_deployment_started() {
+    let host = TestHost::start();
+    let good = build_system("crash-fail-good", "ok", 1, "crash-fail");
+    let bad = build_system("crash-fail-bad", "fail", 1, "crash-fail");
+    provider()
+        .create("deployment", host.inputs(&good), false)
+        .outputs();
+    let tmp = tempfile::tempdir().unwrap();
+    let request = json!({"createResourceRequest": {
+        "type": "deployment", "inputProperties": host.inputs(&bad), "isStateful": false}});
+    crashing_provider(tmp.path()).crash_at("after-activation-started", request);
+    // The failing switch ends, and the host rolls back, by itself.
+    host.wait_idle();
+    assert_eq!(
+        host.link("/run/current-system").as_deref(),
+        Some(good.as_str())
+    );
+    let activations = host.activations();
+
+    // The retry reports that outcome, with the output, without activating
+    // the failing system a second time.
+    let error = provider()
+        .create("deployment", host.inputs(&bad), false)
+        .error_message();
+    assert!(error.contains("exited with status 4"), "{error}");
+    assert!(
+        error.contains("the host rolled back to generation 1"),
+        "{error}"
+    );
+    assert!(
+        error.contains("error: test.service failed to start"),
+        "{error}"
+    );
+    assert_eq!(host.activations(), activations, "not activated again");
+    assert_eq!(host.generation().as_deref(), Some("system-1-link"));
+
+    // Once reported, deploying it again is a new attempt.
+    let error = provider()
+        .create("deployment", host.inputs(&bad), false)
+        .error_message();
+    assert!(error.contains("exited with status 4"), "{error}");
+    assert_eq!(
+        host.activations()
+            .iter()
+            .filter(|l| **l == format!("switch {bad}"))
+            .count(),
+        2
+    );
+    host.wait_idle();
+}

@@ -5,6 +5,12 @@
 //! namespace's init (sshd), which takes every process in it along (also
 //! activations started detached) and releases its mounts.
 //!
+//! Besides root, the host has a user `deployer` (same authorised key,
+//! passwordless sudo): its account and sudoers exist only inside the
+//! namespace, in private copies of /etc/passwd, /etc/group, /etc/shadow and
+//! /etc/sudoers bound over the machine's (which stay untouched), with its
+//! home in the host's own /home.
+//!
 //! Test systems are built with real Nix from `system.nix` (no nixpkgs).
 
 #![allow(dead_code)]
@@ -40,6 +46,56 @@ fn keygen(path: &Path) {
     assert!(status.success());
 }
 
+/// The non-root user of the test host (passwordless sudo).
+pub const DEPLOYER: &str = "deployer";
+
+/// A uid and gid free in the machine's /etc/passwd and /etc/group.
+fn free_id() -> u32 {
+    let taken = |file: &str| -> Vec<u32> {
+        std::fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(':').nth(2)?.parse().ok())
+            .collect()
+    };
+    let (users, groups) = (taken("/etc/passwd"), taken("/etc/group"));
+    (4000..60000)
+        .find(|id| !users.contains(id) && !groups.contains(id))
+        .expect("a free uid")
+}
+
+/// Writes the namespace-private account files and sudoers under `etc`, with
+/// the machine's accounts plus `deployer`.
+fn private_etc(etc: &Path, id: u32) {
+    std::fs::create_dir_all(etc.join("sudoers.d")).unwrap();
+    let with = |file: &str, line: String| {
+        let mut text = std::fs::read_to_string(format!("/etc/{file}")).unwrap_or_default();
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&line);
+        std::fs::write(etc.join(file), text).unwrap();
+    };
+    with(
+        "passwd",
+        format!("{DEPLOYER}:x:{id}:{id}:test deployer:/home/{DEPLOYER}:/bin/sh\n"),
+    );
+    with("group", format!("{DEPLOYER}:x:{id}:\n"));
+    with("shadow", format!("{DEPLOYER}:*:19000:0:99999:7:::\n"));
+    std::fs::set_permissions(etc.join("shadow"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::fs::write(
+        etc.join("sudoers"),
+        format!(
+            "Defaults env_reset\n\
+             Defaults secure_path=\"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\"\n\
+             root ALL=(ALL:ALL) ALL\n\
+             {DEPLOYER} ALL=(ALL:ALL) NOPASSWD: ALL\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(etc.join("sudoers"), std::fs::Permissions::from_mode(0o440)).unwrap();
+}
+
 pub struct TestHost {
     child: Child,
     /// Everything of the host: `nix/`, `root/`, `run/`, keys, log.
@@ -62,7 +118,7 @@ impl TestHost {
             .tempdir()
             .unwrap();
         let d = dir.path();
-        for sub in ["nix", "root/.ssh", "run", "deployer"] {
+        for sub in ["nix", "root/.ssh", "run", "deployer", "home/deployer/.ssh"] {
             std::fs::create_dir_all(d.join(sub)).unwrap();
         }
         for (sub, mode) in [("root", 0o700), ("root/.ssh", 0o700), ("deployer", 0o700)] {
@@ -74,6 +130,20 @@ impl TestHost {
         let authorized = d.join("root/.ssh/authorized_keys");
         std::fs::copy(d.join("deployer/id_ed25519.pub"), &authorized).unwrap();
         std::fs::set_permissions(&authorized, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // The non-root user: same key, its own home, sudo without password.
+        let id = free_id();
+        private_etc(&d.join("etc"), id);
+        let home = d.join("home/deployer");
+        std::fs::copy(&authorized, home.join(".ssh/authorized_keys")).unwrap();
+        for (path, mode) in [
+            (home.join(".ssh/authorized_keys"), 0o600),
+            (home.join(".ssh"), 0o700),
+            (home.clone(), 0o700),
+        ] {
+            std::os::unix::fs::chown(&path, Some(id), Some(id)).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        std::fs::set_permissions(d.join("home"), std::fs::Permissions::from_mode(0o755)).unwrap();
         let port = free_port();
         let config = d.join("sshd_config");
         std::fs::write(
@@ -90,7 +160,9 @@ impl TestHost {
         let log = std::fs::File::create(d.join("sshd.log")).unwrap();
         let script = format!(
             "set -e; mount --bind {d}/nix /nix; mount --bind {d}/root /root; \
-             mount --bind {d}/run /run; mkdir -p /run/sshd; exec /usr/sbin/sshd -D -e -f {config}",
+             mount --bind {d}/run /run; mount --bind {d}/home /home; \
+             for f in passwd group shadow sudoers sudoers.d; do mount --bind {d}/etc/$f /etc/$f; done; \
+             mkdir -p /run/sshd; exec /usr/sbin/sshd -D -e -f {config}",
             d = d.display(),
             config = config.display()
         );
@@ -204,6 +276,15 @@ impl TestHost {
             "confirmTimeout": 5,
             "activationTimeout": 60,
         })
+    }
+
+    /// The inputs deploying `system` as the non-root [`DEPLOYER`], through
+    /// sudo or not.
+    pub fn inputs_as_deployer(&self, system: &str, sudo: bool) -> Value {
+        let mut inputs = self.inputs(system);
+        inputs["user"] = json!(DEPLOYER);
+        inputs["sudo"] = json!(sudo);
+        inputs
     }
 
     /// Transcript redactions for this host.
