@@ -503,6 +503,15 @@ impl Redactions {
     }
 }
 
+/// A TCP port on 127.0.0.1 that was free a moment ago (the OS picked it),
+/// for a backend a test starts.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("bind a loopback port")
+        .port()
+}
+
 /// Checks that `nix/providers/<name>.nix` and `doc/providers/<name>.md`
 /// under `workspace_root` are what the generator writes from the provider's
 /// `--schema`. With `FEDI_REGENERATE=1` in the environment, rewrites them

@@ -222,7 +222,7 @@ fn an_unreachable_host_fails_in_bounded_time_saying_so() {
     std::fs::write(&key, "not used").unwrap();
 
     // Nothing listens: refused at once.
-    let port = common::free_port();
+    let port = fedi_protocol::testkit::free_tcp_port();
     let inputs = json!({"system": system, "host": "127.0.0.1", "port": port,
         "hostPublicKey": host_key, "sshKeyFile": key, "connectTimeout": 2});
     let error = provider()

@@ -3,7 +3,6 @@
 
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,14 +20,6 @@ pub struct GarageServer {
     pub s3_port: u16,
     pub web_port: u16,
     pub token_file: PathBuf,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The garage binary: on PATH, or where `cargo install` puts it.
@@ -55,8 +46,12 @@ fn garage_exe() -> PathBuf {
 impl GarageServer {
     pub fn start() -> GarageServer {
         let dir = tempfile::tempdir().unwrap();
-        let (rpc_port, s3_port, web_port, admin_port) =
-            (free_port(), free_port(), free_port(), free_port());
+        let (rpc_port, s3_port, web_port, admin_port) = (
+            fedi_protocol::testkit::free_tcp_port(),
+            fedi_protocol::testkit::free_tcp_port(),
+            fedi_protocol::testkit::free_tcp_port(),
+            fedi_protocol::testkit::free_tcp_port(),
+        );
         let config = format!(
             r#"metadata_dir = "{dir}/meta"
 data_dir = "{dir}/data"

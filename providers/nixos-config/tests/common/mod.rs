@@ -15,7 +15,7 @@
 
 #![allow(dead_code)]
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -28,15 +28,7 @@ pub fn provider() -> Harness {
     Harness::new(env!("CARGO_BIN_EXE_fedi-nixos-config"))
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn keygen(path: &Path) {
+pub fn keygen(path: &Path) {
     let status = Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", "test", "-f"])
         .arg(path)
@@ -144,7 +136,7 @@ impl TestHost {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
         }
         std::fs::set_permissions(d.join("home"), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let port = free_port();
+        let port = fedi_protocol::testkit::free_tcp_port();
         let config = d.join("sshd_config");
         std::fs::write(
             &config,
