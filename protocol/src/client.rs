@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -122,10 +123,24 @@ impl ProviderClient {
 
     /// Closes stdin (telling the provider to exit), checks that nothing more
     /// was written to stdout, and waits for a successful exit.
-    pub async fn close(mut self) -> Result<(), ClientError> {
+    pub async fn close(self) -> Result<(), ClientError> {
+        self.close_measured().await.map(|_| ())
+    }
+
+    /// [`close`](Self::close), also returning the CPU time (user + system)
+    /// the provider process used, and separately the CPU time of the
+    /// processes it ran and waited for (ssh, nix, ...), when `/proc` tells
+    /// them (Linux).
+    pub async fn close_measured(mut self) -> Result<Option<CpuTime>, ClientError> {
         drop(self.stdin.take());
         let mut extra = String::new();
         self.stdout.read_to_string(&mut extra).await?;
+        // Not waited for yet, the exited provider stays a zombie whose
+        // /proc entry holds its final times.
+        let cpu = match self.child.id() {
+            Some(pid) => zombie_cpu_time(pid).await,
+            None => None,
+        };
         let status = self.child.wait().await?;
         if !extra.is_empty() {
             return Err(ClientError::StrayOutput { extra });
@@ -133,8 +148,40 @@ impl ProviderClient {
         if !status.success() {
             return Err(ClientError::BadExit { status });
         }
-        Ok(())
+        Ok(cpu)
     }
+}
+
+/// CPU time of a finished provider process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuTime {
+    /// The provider's own (user + system).
+    pub own: Duration,
+    /// Of the processes it ran and waited for (user + system).
+    pub children: Duration,
+}
+
+/// Waits (up to 5 s) until `pid` has exited and reads its times from
+/// `/proc/<pid>/stat`; `None` where there is no `/proc`.
+async fn zombie_cpu_time(pid: u32) -> Option<CpuTime> {
+    let path = format!("/proc/{pid}/stat");
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    for _ in 0..5000 {
+        let stat = std::fs::read_to_string(&path).ok()?;
+        // Fields after the command name, which is in parentheses and may
+        // hold anything: state, ppid, ..., utime (12th), stime, cutime, cstime.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        if fields.first() == Some(&"Z") {
+            let field = |i: usize| fields.get(i)?.parse::<u64>().ok();
+            let seconds = |t: u64| Duration::from_secs_f64(t as f64 / ticks);
+            return Some(CpuTime {
+                own: seconds(field(11)? + field(12)?),
+                children: seconds(field(13)? + field(14)?),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    None
 }
 
 /// Starts `exe`, sends one request, closes, and returns the response.

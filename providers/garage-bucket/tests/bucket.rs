@@ -16,7 +16,7 @@ fn inputs(garage: &GarageServer, extra: Value) -> Value {
 
 fn put(garage: &GarageServer, bucket: &str, key: &str, body: &str) {
     let (id, secret) = garage.test_key(bucket);
-    let s3 = garage.s3(&id, &secret);
+    let s3 = common::s3(&garage, &id, &secret);
     block_on(
         s3.put_object()
             .bucket(bucket)
@@ -200,7 +200,7 @@ fn keep_refuses_to_delete_data_and_purge_removes_everything() {
     let keep = inputs(&garage, json!({"name": "precious"}));
     let outputs = provider().create("bucket", keep.clone(), true).outputs();
     let (id, secret) = garage.test_key("precious");
-    let s3 = garage.s3(&id, &secret);
+    let s3 = common::s3(&garage, &id, &secret);
     block_on(async {
         for i in 0..3 {
             s3.put_object()

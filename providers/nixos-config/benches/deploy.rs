@@ -34,10 +34,10 @@ fn nixops4_nixos_way(host: &TestHost, system: &str) -> Duration {
          -o UserKnownHostsFile={}",
         host.port,
         host.deployer_key.display(),
-        host.dir.path().join("known_hosts").display()
+        host.dir.join("known_hosts").display()
     );
     std::fs::write(
-        host.dir.path().join("known_hosts"),
+        host.dir.join("known_hosts"),
         format!("[127.0.0.1]:{} {}\n", host.port, host.host_key),
     )
     .unwrap();

@@ -187,7 +187,7 @@ fn a_host_offering_another_key_is_refused_naming_that_key() {
     let fingerprint = String::from_utf8(
         std::process::Command::new("ssh-keygen")
             .arg("-lf")
-            .arg(host.dir.path().join("host_key.pub"))
+            .arg(host.dir.join("host_key.pub"))
             .output()
             .unwrap()
             .stdout,

@@ -8,8 +8,7 @@
 
 #![allow(clippy::print_stdout)] // a benchmark reports on stdout
 
-#[path = "../tests/pve/mod.rs"]
-mod pve;
+use fedi_testbeds::pve;
 
 use std::time::{Duration, Instant};
 

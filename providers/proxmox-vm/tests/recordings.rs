@@ -7,7 +7,7 @@
 //! are rewritten by `FEDI_REGENERATE=1 cargo test -p fedi-proxmox-vm
 //! --test recordings`.
 
-mod pve;
+use fedi_testbeds::pve;
 
 use std::path::{Path, PathBuf};
 

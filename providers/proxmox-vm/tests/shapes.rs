@@ -3,7 +3,7 @@
 //! `tests/fixtures/real-responses/` (same keys, same value types), and its
 //! error, auth and task behaviour with the facts in the README there.
 
-mod pve;
+use fedi_testbeds::pve;
 
 use std::path::Path;
 

@@ -1,6 +1,6 @@
 //! `vm` against the Proxmox VE test server (`tests/pve`).
 
-mod pve;
+use fedi_testbeds::pve;
 
 use std::path::Path;
 

@@ -13,13 +13,16 @@
 //!   agent answers 500 until the guest has booted; shrinking is refused;
 //! - the API token is checked (401 without or with a wrong one).
 //!
+//! A VM's guest is made up (a DHCP address, a host key derived from its
+//! VMID) unless the server was given [`Guests`], which boot a real guest
+//! when a start task ends and halt it when the VM stops or is destroyed.
+//!
 //! Faults can be injected: lock timeouts, 596, clone tasks failing on a
 //! lock, a 400 from a task status right after start, a dropped connection
 //! on a clone request (after the clone started), slow tasks.
 
-#![allow(dead_code)]
-
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -92,6 +95,37 @@ pub struct Vm {
     pub config: Map<String, Value>,
     pub running: bool,
     pub booted_at: Option<Instant>,
+    /// The real guest running in the VM, when the server has [`Guests`].
+    pub guest: Option<Guest>,
+}
+
+/// A booted guest, as its QEMU guest agent reports it.
+#[derive(Debug, Clone)]
+pub struct Guest {
+    /// The addresses of its network interface (`eth0`), with prefixes.
+    pub addresses: Vec<(IpAddr, u8)>,
+    /// Its SSH host public key line.
+    pub host_key: String,
+}
+
+/// What runs inside the VMs. Called with the server's state locked, so
+/// booting is part of the start task's end, as on a real node.
+pub trait Guests: Send {
+    /// Boots VM `vmid` from its config (cloud-init's `ciuser`, `sshkeys`,
+    /// `ipconfig0`, ...), or says why the guest could not come up.
+    fn boot(&mut self, vmid: u32, config: &Map<String, Value>) -> Result<Guest, String>;
+    /// Powers the guest off (its disk stays).
+    fn halt(&mut self, vmid: u32);
+    /// Removes the guest and its disk.
+    fn destroy(&mut self, vmid: u32);
+}
+
+struct GuestHook(Box<dyn Guests>);
+
+impl std::fmt::Debug for GuestHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Guests")
+    }
 }
 
 #[derive(Debug)]
@@ -107,7 +141,6 @@ enum Effect {
 
 #[derive(Debug)]
 struct Task {
-    node: String,
     kind: String,
     id: String,
     starttime: u64,
@@ -127,6 +160,7 @@ pub struct State {
     pub timing: Timing,
     pub faults: Faults,
     counter: u64,
+    guests: Option<GuestHook>,
 }
 
 /// A running test server; stops when dropped.
@@ -146,6 +180,13 @@ impl Pve {
     /// Starts a server with one template, `debian-12` (VMID 9000 on `pve1`).
     pub fn start() -> Pve {
         Pve::start_with(Timing::default())
+    }
+
+    /// Starts a server whose VMs boot real guests.
+    pub fn start_with_guests(timing: Timing, guests: Box<dyn Guests>) -> Pve {
+        let pve = Pve::start_with(timing);
+        pve.with(|s| s.guests = Some(GuestHook(guests)));
+        pve
     }
 
     pub fn start_with(timing: Timing) -> Pve {
@@ -264,6 +305,7 @@ impl Pve {
                     config: config.as_object().unwrap().clone(),
                     running: false,
                     booted_at: None,
+                    guest: None,
                 },
             );
         });
@@ -557,16 +599,34 @@ impl State {
                     if let Some(vm) = self.vms.get_mut(&id) {
                         vm.running = true;
                         vm.booted_at = (!agent_never).then(|| end + boot);
+                        if let Some(GuestHook(guests)) = &mut self.guests {
+                            match guests.boot(id, &vm.config) {
+                                Ok(guest) => vm.guest = Some(guest),
+                                Err(problem) => {
+                                    // Like a guest that never gets its agent up.
+                                    eprintln!("pve test server: VM {id} did not boot: {problem}");
+                                    vm.booted_at = None;
+                                }
+                            }
+                        }
                     }
                 }
                 Effect::Stop(id) => {
                     if let Some(vm) = self.vms.get_mut(&id) {
                         vm.running = false;
                         vm.booted_at = None;
+                        if vm.guest.take().is_some()
+                            && let Some(GuestHook(guests)) = &mut self.guests
+                        {
+                            guests.halt(id);
+                        }
                     }
                 }
                 Effect::Destroy(id) => {
                     self.vms.remove(&id);
+                    if let Some(GuestHook(guests)) = &mut self.guests {
+                        guests.destroy(id);
+                    }
                 }
                 Effect::Migrate(id, target) => {
                     if let Some(vm) = self.vms.get_mut(&id) {
@@ -610,7 +670,6 @@ impl State {
         self.tasks.insert(
             upid.clone(),
             Task {
-                node: node.into(),
                 kind: kind.into(),
                 id: id.to_string(),
                 starttime,
@@ -917,6 +976,7 @@ impl State {
                         config,
                         running: false,
                         booted_at: None,
+                        guest: None,
                     },
                 );
                 let effect = if self.faults.clone_task_lock_timeouts > 0 {
@@ -1069,8 +1129,12 @@ impl Answer {
     }
 }
 
-/// The guest's SSH host key (made up from the VMID and name).
+/// The guest's SSH host key (a real guest's, or made up from the VMID and
+/// name).
 pub fn host_key(vmid: u32, vm: &Vm) -> String {
+    if let Some(guest) = &vm.guest {
+        return guest.host_key.clone();
+    }
     let name = text(&vm.config, "name").unwrap_or_default();
     format!("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{vmid:0>20}HostKeyOfTheGuest root@{name}")
 }
@@ -1101,7 +1165,16 @@ fn interfaces(vmid: u32, vm: &Vm) -> Value {
             _ => {}
         }
     }
-    if ipconfig.is_empty() {
+    if let Some(guest) = &vm.guest {
+        addresses = guest
+            .addresses
+            .iter()
+            .map(|(ip, prefix)| {
+                let kind = if ip.is_ipv4() { "ipv4" } else { "ipv6" };
+                json!({"ip-address-type": kind, "ip-address": ip.to_string(), "prefix": prefix})
+            })
+            .collect();
+    } else if ipconfig.is_empty() {
         addresses.push(json!({"ip-address-type": "ipv4", "ip-address": format!("10.0.{}.{}", vmid / 250, vmid % 250 + 2), "prefix": 16}));
     }
     addresses.push(

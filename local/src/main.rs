@@ -1,0 +1,332 @@
+//! `fedi-local`: the suite's main job on a local default.
+//!
+//! Starts the local backends (Garage, Knot DNS, the Proxmox VE API test
+//! server whose VMs boot as SSH/Nix guests) in a private network namespace,
+//! then applies the operator's panel the way NixOps4 does ([`engine`]),
+//! applies a changed panel (an application disabled, a VM resized), and
+//! destroys the deployment; after each phase it checks the backends against
+//! the state and prints the operator's and the provider's view.
+
+#![allow(clippy::print_stdout)] // the progress and the views are this tool's output
+
+mod backends;
+mod engine;
+mod graph;
+mod guests;
+mod state;
+mod verify;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::backends::Backends;
+use crate::engine::{Action, Engine, Report, progress};
+use crate::graph::Configurator;
+use crate::state::{State, StateFile};
+use crate::verify::Checked;
+
+/// Marks the re-executed process that already runs in the private
+/// network namespace.
+const IN_NAMESPACE: &str = "FEDI_LOCAL_IN_NETNS";
+
+/// Deploy the example operator configuration onto local backends, change
+/// it, and tear it down, checking every step.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// The operator's panel JSON to apply first.
+    #[arg(long, default_value_os_t = repo().join("examples/fediversity/panel.json"))]
+    panel: PathBuf,
+    /// The changed panel JSON to apply next.
+    #[arg(long, default_value_os_t = repo().join("examples/local/panel-changed.json"))]
+    changed_panel: PathBuf,
+    /// Where the run keeps its state, keys, backends and provider logs
+    /// (must not exist yet). Default: a new directory under /tmp, kept.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Where the provider executables are. Default: beside this one.
+    #[arg(long)]
+    providers_dir: Option<PathBuf>,
+    /// Write a JSON report of every phase here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Stop after the changed panel (do not destroy).
+    #[arg(long)]
+    keep: bool,
+}
+
+/// The repository (configurator, examples), as built.
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// One phase's result, for the report.
+#[derive(Debug, Serialize)]
+struct Phase {
+    name: String,
+    panel: Option<PathBuf>,
+    report: Report,
+    checked: Checked,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if std::env::var_os(IN_NAMESPACE).is_none() {
+        return reexec_in_private_network();
+    }
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs this program again in a new network namespace (needs root): the
+/// VMs' addresses and every backend's port live there and vanish with it.
+fn reexec_in_private_network() -> ExitCode {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("error: cannot find this program: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let status = Command::new("unshare")
+        .arg("--net")
+        .arg("--")
+        .arg(exe)
+        .args(std::env::args_os().skip(1))
+        .env(IN_NAMESPACE, "1")
+        .status();
+    match status {
+        Ok(s) if s.success() => ExitCode::SUCCESS,
+        Ok(s) => {
+            if s.code() == Some(1) && !is_root() {
+                eprintln!(
+                    "hint: fedi-local makes a private network namespace and mount namespaces for its guests: run it as root"
+                );
+            }
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: cannot run unshare (util-linux): {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    backends::set_up_network()?;
+    let dir = match &cli.state_dir {
+        Some(dir) => {
+            if dir.exists() && std::fs::read_dir(dir).map_err(|e| e.to_string())?.next().is_some() {
+                return Err(format!(
+                    "--state-dir {} is not empty; the backends of an earlier run are gone with it, so start in a new directory",
+                    dir.display()
+                ));
+            }
+            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+            dir.clone()
+        }
+        None => tempfile::Builder::new()
+            .prefix("fedi-local-")
+            .tempdir()
+            .map_err(|e| e.to_string())?
+            .keep(),
+    };
+    let dir = dir.canonicalize().map_err(|e| e.to_string())?;
+    let providers_dir = match cli.providers_dir {
+        Some(d) => d,
+        None => std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+    };
+
+    println!("== Local backends (private network namespace; state in {})", dir.display());
+    let backends = Backends::start(&dir, &repo().join("examples/local/hosting.nix"))?;
+    println!("  Proxmox VE API test server  {}", backends.pve.endpoint());
+    println!("  Garage admin API            http://127.0.0.1:{}", backends.garage.admin_port);
+    println!("  Knot DNS (zone {})     127.0.0.1 port {}", backends::ZONE, backends.dns.port);
+    println!("  guests boot as SSH/Nix hosts on {} (10.77.0.0/16)", guests::BRIDGE);
+
+    let mut engine = Engine {
+        configurator: Configurator {
+            eval_nix: repo().join("nix/configurator/eval.nix"),
+            panel: cli.panel.clone(),
+            hosting: backends.hosting_file.clone(),
+        },
+        providers_dir,
+        system_builder: repo().join("local/nix/service-system.nix"),
+        work_dir: dir.clone(),
+    };
+    let mut state = StateFile::open(&dir.join("state.json"))?;
+    let mut records_seen = BTreeSet::new();
+    let mut phases = Vec::new();
+
+    for (name, panel) in [("apply", &cli.panel), ("apply changed panel", &cli.changed_panel)] {
+        println!("\n== {name}: {}", panel.display());
+        engine.configurator.panel = panel.clone();
+        let report = engine.apply(&mut state)?;
+        let checked = check(&backends, &state.state, &mut records_seen)?;
+        operator_view(&state.state, &report, panel);
+        provider_view(&report);
+        phases.push(Phase { name: name.into(), panel: Some(panel.clone()), report, checked });
+    }
+    if !cli.keep {
+        println!("\n== destroy");
+        let report = engine.destroy(&mut state)?;
+        let checked = check(&backends, &state.state, &mut records_seen)?;
+        provider_view(&report);
+        phases.push(Phase { name: "destroy".into(), panel: None, report, checked });
+    }
+    if let Some(path) = &cli.report {
+        let text = serde_json::to_string_pretty(&phases).map_err(|e| e.to_string())?;
+        std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    println!("\nState, keys and provider logs: {}", dir.display());
+    Ok(())
+}
+
+/// Verifies the backends against the state and prints the outcome.
+fn check(
+    backends: &Backends,
+    state: &State,
+    records_seen: &mut BTreeSet<(String, String)>,
+) -> Result<Checked, String> {
+    for r in state.resources.values().filter(|r| r.provider == "dns-record") {
+        let field = |k: &str| r.inputs[k].as_str().unwrap_or_default().to_string();
+        records_seen.insert((field("name"), field("type")));
+    }
+    match verify::verify(backends, state, records_seen) {
+        Ok(checked) => {
+            progress(&format!(
+                "  checked   the backends hold exactly the state: {} VMs, {} buckets, {} keys, {} records, {} deployed systems; nothing orphaned",
+                checked.vms.len(),
+                checked.buckets.len(),
+                checked.keys.len(),
+                checked.records.len(),
+                checked.deployments.len()
+            ));
+            Ok(checked)
+        }
+        Err(problems) => Err(format!(
+            "the backends do not match the state:\n  {}",
+            problems.join("\n  ")
+        )),
+    }
+}
+
+/// What the operator got: URLs, addresses, buckets, the admin account.
+fn operator_view(state: &State, report: &Report, panel: &Path) {
+    let panel: Value = std::fs::read_to_string(panel)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null);
+    println!("\n  Operator's view ({})", panel["domain"].as_str().unwrap_or("?"));
+    for (app, url) in &report.urls {
+        println!("    {app:<9} {url}");
+        let get = |name: String| state.resources.get(&name);
+        for ty in ["a", "aaaa"] {
+            if let Some(r) = get(format!("{app}-dns-{ty}")) {
+                let values: Vec<String> = r.outputs["values"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect();
+                println!("              DNS {:<4} {}", ty.to_uppercase(), values.join(" "));
+            }
+        }
+        if let Some(vm) = get(format!("{app}-vm")) {
+            println!(
+                "              VM       {} (vmid {}, {} cores, {} MiB)",
+                vm.inputs["name"].as_str().unwrap_or("?"),
+                vm.outputs["vmid"],
+                vm.inputs["cores"],
+                vm.inputs["memory"]
+            );
+        }
+        for (name, r) in &state.resources {
+            if r.type_ == "bucket" && name.starts_with(&format!("{app}-")) {
+                println!(
+                    "              bucket   {} {}",
+                    r.outputs["name"].as_str().unwrap_or("?"),
+                    r.outputs["websiteUrl"].as_str().unwrap_or("")
+                );
+            }
+        }
+    }
+    if let Some(file) = &report.admin_password_file {
+        println!(
+            "    admin     {} <{}>, password in {}",
+            panel["admin"]["name"].as_str().unwrap_or("?"),
+            panel["admin"]["email"].as_str().unwrap_or("?"),
+            file.display()
+        );
+    }
+}
+
+/// Where the time went: evaluation, builds, each provider (wall time, CPU
+/// in our provider process, CPU in the tools it ran, the rest waiting).
+fn provider_view(report: &Report) {
+    println!("\n  Provider's view");
+    let evaluation: Duration = report.evaluations.iter().sum();
+    println!(
+        "    evaluation     {:>2} x nix-instantiate       {:>7.2} s",
+        report.evaluations.len(),
+        evaluation.as_secs_f64()
+    );
+    let builds: f64 = report.builds.iter().map(|b| b.1).sum();
+    if !report.builds.is_empty() {
+        println!("    system builds  {:>2} x nix-build             {builds:>7.2} s", report.builds.len());
+    }
+    let mut by_provider: BTreeMap<&str, Vec<&engine::Operation>> = BTreeMap::new();
+    for op in &report.operations {
+        by_provider.entry(op.provider.as_str()).or_default().push(op);
+    }
+    println!("    {:<14} {:>3} {:>9} {:>9} {:>9} {:>8}", "provider", "ops", "wall s", "ours s", "tools s", "waiting");
+    for (provider, ops) in &by_provider {
+        let wall: Duration = ops.iter().map(|o| o.wall).sum();
+        let own: Duration = ops.iter().filter_map(|o| o.cpu).map(|c| c.own).sum();
+        let tools: Duration = ops.iter().filter_map(|o| o.cpu).map(|c| c.children).sum();
+        let waiting = wall.saturating_sub(own + tools).as_secs_f64() / wall.as_secs_f64().max(1e-9);
+        let actions: BTreeSet<&str> = ops
+            .iter()
+            .map(|o| match o.action {
+                Action::Create => "create",
+                Action::Update => "update",
+                Action::Delete => "delete",
+            })
+            .collect();
+        println!(
+            "    {provider:<14} {:>3} {:>9.2} {:>9.3} {:>9.3} {:>7.0}%  ({})",
+            ops.len(),
+            wall.as_secs_f64(),
+            own.as_secs_f64(),
+            tools.as_secs_f64(),
+            waiting * 100.0,
+            actions.into_iter().collect::<Vec<_>>().join(", ")
+        );
+    }
+    if !report.unchanged.is_empty() {
+        println!("    unchanged (no provider process): {}", report.unchanged.join(", "));
+    }
+    println!("    total wall time                          {:>7.2} s", report.total.as_secs_f64());
+}
