@@ -8,8 +8,11 @@ need=()
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
 # nix-instantiate parses the flake and the generated provider modules.
 command -v nix-instantiate >/dev/null || need+=(nix-bin)
-# jq reads provider outputs in the local example.
-command -v jq >/dev/null || need+=(jq)
+# ip: the local deployment's private network (bridge vmbr0, the guests'
+# addresses); unshare: its network namespace and the test hosts' mount
+# namespaces.
+command -v ip >/dev/null || need+=(iproute2)
+command -v unshare >/dev/null || need+=(util-linux)
 # knotd, keymgr and kdig: the Knot DNS server the dns-record tests update.
 command -v knotd >/dev/null || need+=(knot)
 command -v kdig >/dev/null || need+=(knot-dnsutils)

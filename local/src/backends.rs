@@ -69,10 +69,8 @@ impl Backends {
         // Garage takes the longest to come up: start it beside the others.
         let garage = std::thread::spawn(GarageServer::start);
         let dns = dns::Server::start_with_zones(Kind::Knot, &[(ZONE, ZONE_FILE)]);
-        let pve = Pve::start_with_guests(
-            Timing::default(),
-            Box::new(LocalGuests::new(&guests_dir)),
-        );
+        let pve =
+            Pve::start_with_guests(Timing::default(), Box::new(LocalGuests::new(&guests_dir)));
         pve.add_template(9001, "nixos-cloudinit", "pve1");
         let garage = garage
             .join()

@@ -62,9 +62,10 @@ pub struct Operation {
     /// Wall time of the provider process, start to exit.
     #[serde(with = "seconds")]
     pub wall: Duration,
-    /// CPU time of the provider itself and of the tools it ran.
-    #[serde(skip)]
-    pub cpu: Option<CpuTime>,
+    /// CPU seconds of the provider process itself (our code).
+    pub cpu_own: Option<f64>,
+    /// CPU seconds of the tools it ran and waited for (ssh, nix).
+    pub cpu_tools: Option<f64>,
 }
 
 /// What one apply (or destroy) did, with timings.
@@ -138,9 +139,9 @@ impl Engine {
         let mut systems: BTreeMap<String, String> = BTreeMap::new();
         let mut secrets_ready = false;
         let graph = loop {
-            let (graph, took) =
-                self.configurator
-                    .evaluate(&settled, &systems, &self.work_dir)?;
+            let (graph, took) = self
+                .configurator
+                .evaluate(&settled, &systems, &self.work_dir)?;
             report.evaluations.push(took);
             if !secrets_ready {
                 ensure_generated_secret(
@@ -318,7 +319,8 @@ impl Engine {
             let mut running = tokio::task::JoinSet::new();
             for job in jobs {
                 let exe = self.providers_dir.join(format!("fedi-{}", job.provider));
-                let log = logs.join(format!("{}.{:?}.log", job.resource, job.action).to_lowercase());
+                let log =
+                    logs.join(format!("{}.{:?}.log", job.resource, job.action).to_lowercase());
                 running.spawn(async move {
                     let started = Instant::now();
                     let result = exchange(&exe, &job.request, &log).await;
@@ -362,7 +364,8 @@ impl Engine {
                             type_: job.type_,
                             action: job.action,
                             wall,
-                            cpu,
+                            cpu_own: cpu.map(|c| c.own.as_secs_f64()),
+                            cpu_tools: cpu.map(|c| c.children.as_secs_f64()),
                         });
                     }
                     Err(message) => {

@@ -82,7 +82,10 @@ fn uri_unescape(text: &str) -> String {
 
 impl Guests for LocalGuests {
     fn boot(&mut self, vmid: u32, config: &Map<String, Value>) -> Result<Guest, String> {
-        let user = config.get("ciuser").and_then(Value::as_str).unwrap_or("root");
+        let user = config
+            .get("ciuser")
+            .and_then(Value::as_str)
+            .unwrap_or("root");
         if user != "root" {
             return Err(format!(
                 "the local guests log in as root only, not cloud-init user {user:?}"
@@ -95,7 +98,15 @@ impl Guests for LocalGuests {
             .ok_or("cloud-init has no SSH keys (sshkeys): nobody could log in")?;
         let (v4, v6) = addresses(vmid);
         ip(&["addr", "add", &format!("{v4}/16"), "dev", BRIDGE])?;
-        ip(&["-6", "addr", "add", &format!("{v6}/64"), "dev", BRIDGE, "nodad"])?;
+        ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{v6}/64"),
+            "dev",
+            BRIDGE,
+            "nodad",
+        ])?;
         let host = SshHost::boot(&disk(&self.root, vmid), IpAddr::V4(v4), &keys);
         let guest = Guest {
             addresses: vec![(IpAddr::V4(v4), 16), (IpAddr::V6(v6), 64)],

@@ -134,7 +134,12 @@ fn run(cli: Cli) -> Result<(), String> {
     backends::set_up_network()?;
     let dir = match &cli.state_dir {
         Some(dir) => {
-            if dir.exists() && std::fs::read_dir(dir).map_err(|e| e.to_string())?.next().is_some() {
+            if dir.exists()
+                && std::fs::read_dir(dir)
+                    .map_err(|e| e.to_string())?
+                    .next()
+                    .is_some()
+            {
                 return Err(format!(
                     "--state-dir {} is not empty; the backends of an earlier run are gone with it, so start in a new directory",
                     dir.display()
@@ -159,12 +164,25 @@ fn run(cli: Cli) -> Result<(), String> {
             .unwrap_or_default(),
     };
 
-    println!("== Local backends (private network namespace; state in {})", dir.display());
+    println!(
+        "== Local backends (private network namespace; state in {})",
+        dir.display()
+    );
     let backends = Backends::start(&dir, &repo().join("examples/local/hosting.nix"))?;
     println!("  Proxmox VE API test server  {}", backends.pve.endpoint());
-    println!("  Garage admin API            http://127.0.0.1:{}", backends.garage.admin_port);
-    println!("  Knot DNS (zone {})     127.0.0.1 port {}", backends::ZONE, backends.dns.port);
-    println!("  guests boot as SSH/Nix hosts on {} (10.77.0.0/16)", guests::BRIDGE);
+    println!(
+        "  Garage admin API            http://127.0.0.1:{}",
+        backends.garage.admin_port
+    );
+    println!(
+        "  Knot DNS (zone {})     127.0.0.1 port {}",
+        backends::ZONE,
+        backends.dns.port
+    );
+    println!(
+        "  guests boot as SSH/Nix hosts on {} (10.77.0.0/16)",
+        guests::BRIDGE
+    );
 
     let mut engine = Engine {
         configurator: Configurator {
@@ -178,23 +196,39 @@ fn run(cli: Cli) -> Result<(), String> {
     };
     let mut state = StateFile::open(&dir.join("state.json"))?;
     let mut records_seen = BTreeSet::new();
+    let mut secrets = BTreeSet::new();
     let mut phases = Vec::new();
 
-    for (name, panel) in [("apply", &cli.panel), ("apply changed panel", &cli.changed_panel)] {
+    for (name, panel) in [
+        ("apply", &cli.panel),
+        ("apply changed panel", &cli.changed_panel),
+    ] {
         println!("\n== {name}: {}", panel.display());
         engine.configurator.panel = panel.clone();
         let report = engine.apply(&mut state)?;
         let checked = check(&backends, &state.state, &mut records_seen)?;
+        check_secrets(&backends, &dir, &mut secrets)?;
         operator_view(&state.state, &report, panel);
         provider_view(&report);
-        phases.push(Phase { name: name.into(), panel: Some(panel.clone()), report, checked });
+        phases.push(Phase {
+            name: name.into(),
+            panel: Some(panel.clone()),
+            report,
+            checked,
+        });
     }
     if !cli.keep {
         println!("\n== destroy");
         let report = engine.destroy(&mut state)?;
         let checked = check(&backends, &state.state, &mut records_seen)?;
+        check_secrets(&backends, &dir, &mut secrets)?;
         provider_view(&report);
-        phases.push(Phase { name: "destroy".into(), panel: None, report, checked });
+        phases.push(Phase {
+            name: "destroy".into(),
+            panel: None,
+            report,
+            checked,
+        });
     }
     if let Some(path) = &cli.report {
         let text = serde_json::to_string_pretty(&phases).map_err(|e| e.to_string())?;
@@ -210,7 +244,11 @@ fn check(
     state: &State,
     records_seen: &mut BTreeSet<(String, String)>,
 ) -> Result<Checked, String> {
-    for r in state.resources.values().filter(|r| r.provider == "dns-record") {
+    for r in state
+        .resources
+        .values()
+        .filter(|r| r.provider == "dns-record")
+    {
         let field = |k: &str| r.inputs[k].as_str().unwrap_or_default().to_string();
         records_seen.insert((field("name"), field("type")));
     }
@@ -233,13 +271,35 @@ fn check(
     }
 }
 
+/// Fails when a secret of the run is in a provider log.
+fn check_secrets(
+    backends: &Backends,
+    dir: &Path,
+    secrets: &mut BTreeSet<String>,
+) -> Result<(), String> {
+    verify::collect_secrets(backends, dir, secrets);
+    let leaks = verify::leaks(secrets, &dir.join("logs"));
+    if leaks.is_empty() {
+        progress(&format!(
+            "  checked   none of the run's {} secrets is in a provider log",
+            secrets.len()
+        ));
+        Ok(())
+    } else {
+        Err(leaks.join("\n"))
+    }
+}
+
 /// What the operator got: URLs, addresses, buckets, the admin account.
 fn operator_view(state: &State, report: &Report, panel: &Path) {
     let panel: Value = std::fs::read_to_string(panel)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or(Value::Null);
-    println!("\n  Operator's view ({})", panel["domain"].as_str().unwrap_or("?"));
+    println!(
+        "\n  Operator's view ({})",
+        panel["domain"].as_str().unwrap_or("?")
+    );
     for (app, url) in &report.urls {
         println!("    {app:<9} {url}");
         let get = |name: String| state.resources.get(&name);
@@ -251,7 +311,11 @@ fn operator_view(state: &State, report: &Report, panel: &Path) {
                     .flatten()
                     .filter_map(|v| v.as_str().map(str::to_string))
                     .collect();
-                println!("              DNS {:<4} {}", ty.to_uppercase(), values.join(" "));
+                println!(
+                    "              DNS {:<4} {}",
+                    ty.to_uppercase(),
+                    values.join(" ")
+                );
             }
         }
         if let Some(vm) = get(format!("{app}-vm")) {
@@ -295,18 +359,28 @@ fn provider_view(report: &Report) {
     );
     let builds: f64 = report.builds.iter().map(|b| b.1).sum();
     if !report.builds.is_empty() {
-        println!("    system builds  {:>2} x nix-build             {builds:>7.2} s", report.builds.len());
+        println!(
+            "    system builds  {:>2} x nix-build             {builds:>7.2} s",
+            report.builds.len()
+        );
     }
     let mut by_provider: BTreeMap<&str, Vec<&engine::Operation>> = BTreeMap::new();
     for op in &report.operations {
-        by_provider.entry(op.provider.as_str()).or_default().push(op);
+        by_provider
+            .entry(op.provider.as_str())
+            .or_default()
+            .push(op);
     }
-    println!("    {:<14} {:>3} {:>9} {:>9} {:>9} {:>8}", "provider", "ops", "wall s", "ours s", "tools s", "waiting");
+    println!(
+        "    {:<14} {:>3} {:>9} {:>9} {:>9} {:>8}",
+        "provider", "ops", "wall s", "ours s", "tools s", "waiting"
+    );
     for (provider, ops) in &by_provider {
         let wall: Duration = ops.iter().map(|o| o.wall).sum();
-        let own: Duration = ops.iter().filter_map(|o| o.cpu).map(|c| c.own).sum();
-        let tools: Duration = ops.iter().filter_map(|o| o.cpu).map(|c| c.children).sum();
-        let waiting = wall.saturating_sub(own + tools).as_secs_f64() / wall.as_secs_f64().max(1e-9);
+        let own: f64 = ops.iter().filter_map(|o| o.cpu_own).sum();
+        let tools: f64 = ops.iter().filter_map(|o| o.cpu_tools).sum();
+        let wall_s = wall.as_secs_f64();
+        let waiting = (wall_s - own - tools).max(0.0) / wall_s.max(1e-9);
         let actions: BTreeSet<&str> = ops
             .iter()
             .map(|o| match o.action {
@@ -319,14 +393,20 @@ fn provider_view(report: &Report) {
             "    {provider:<14} {:>3} {:>9.2} {:>9.3} {:>9.3} {:>7.0}%  ({})",
             ops.len(),
             wall.as_secs_f64(),
-            own.as_secs_f64(),
-            tools.as_secs_f64(),
+            own,
+            tools,
             waiting * 100.0,
             actions.into_iter().collect::<Vec<_>>().join(", ")
         );
     }
     if !report.unchanged.is_empty() {
-        println!("    unchanged (no provider process): {}", report.unchanged.join(", "));
+        println!(
+            "    unchanged (no provider process): {}",
+            report.unchanged.join(", ")
+        );
     }
-    println!("    total wall time                          {:>7.2} s", report.total.as_secs_f64());
+    println!(
+        "    total wall time                          {:>7.2} s",
+        report.total.as_secs_f64()
+    );
 }

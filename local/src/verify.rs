@@ -3,6 +3,7 @@
 //! recorded, and nothing else (nothing orphaned, nothing duplicated).
 
 use std::collections::BTreeSet;
+use std::path::Path;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -26,7 +27,11 @@ pub struct Checked {
     pub deployments: Vec<String>,
 }
 
-fn of<'a>(state: &'a State, provider: &'a str, type_: &'a str) -> impl Iterator<Item = (&'a String, &'a Applied)> {
+fn of<'a>(
+    state: &'a State,
+    provider: &'a str,
+    type_: &'a str,
+) -> impl Iterator<Item = (&'a String, &'a Applied)> {
     state
         .resources
         .iter()
@@ -67,10 +72,16 @@ pub fn verify(
             })
             .collect()
     });
-    let wanted_vms = sorted(of(state, "proxmox-vm", "vm").map(|(_, r)| text(&r.inputs["name"])).collect());
+    let wanted_vms = sorted(
+        of(state, "proxmox-vm", "vm")
+            .map(|(_, r)| text(&r.inputs["name"]))
+            .collect(),
+    );
     let have_vms = sorted(vms.iter().map(|v| v.1.clone()).collect());
     if wanted_vms != have_vms {
-        problems.push(format!("Proxmox has the VMs {have_vms:?}; the state records {wanted_vms:?}"));
+        problems.push(format!(
+            "Proxmox has the VMs {have_vms:?}; the state records {wanted_vms:?}"
+        ));
     }
     for (_, r) in of(state, "proxmox-vm", "vm") {
         let name = text(&r.inputs["name"]);
@@ -86,24 +97,42 @@ pub fn verify(
     checked.vms = have_vms;
     // Every VM's guest disk, and no other.
     let disks: BTreeSet<String> = std::fs::read_dir(&backends.guests_dir)
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     let vm_disks: BTreeSet<String> = vms.iter().map(|v| format!("vm-{}", v.0)).collect();
     if disks != vm_disks {
-        problems.push(format!("guest disks {disks:?} do not match the VMs {vm_disks:?}"));
+        problems.push(format!(
+            "guest disks {disks:?} do not match the VMs {vm_disks:?}"
+        ));
     }
 
     // Buckets and keys.
-    let wanted = sorted(of(state, "garage-bucket", "bucket").map(|(_, r)| text(&r.inputs["name"])).collect());
+    let wanted = sorted(
+        of(state, "garage-bucket", "bucket")
+            .map(|(_, r)| text(&r.inputs["name"]))
+            .collect(),
+    );
     let have = backends.garage.bucket_aliases();
     if wanted != have {
-        problems.push(format!("Garage has the buckets {have:?}; the state records {wanted:?}"));
+        problems.push(format!(
+            "Garage has the buckets {have:?}; the state records {wanted:?}"
+        ));
     }
     checked.buckets = have;
-    let wanted = sorted(of(state, "garage-bucket", "key").map(|(_, r)| text(&r.inputs["name"])).collect());
+    let wanted = sorted(
+        of(state, "garage-bucket", "key")
+            .map(|(_, r)| text(&r.inputs["name"]))
+            .collect(),
+    );
     let have = backends.garage.key_names();
     if wanted != have {
-        problems.push(format!("Garage has the keys {have:?}; the state records {wanted:?}"));
+        problems.push(format!(
+            "Garage has the keys {have:?}; the state records {wanted:?}"
+        ));
     }
     checked.keys = have;
 
@@ -122,14 +151,18 @@ pub fn verify(
                     .collect();
                 wanted.sort();
                 if served != wanted {
-                    problems.push(format!("{name} {type_} is served as {served:?}; recorded {wanted:?}"));
+                    problems.push(format!(
+                        "{name} {type_} is served as {served:?}; recorded {wanted:?}"
+                    ));
                 } else {
-                    checked.records.push(format!("{name} {type_} {}", served.join(" ")));
+                    checked
+                        .records
+                        .push(format!("{name} {type_} {}", served.join(" ")));
                 }
             }
-            None if !served.is_empty() => {
-                problems.push(format!("{name} {type_} is still served ({served:?}) but no resource has it"))
-            }
+            None if !served.is_empty() => problems.push(format!(
+                "{name} {type_} is still served ({served:?}) but no resource has it"
+            )),
             None => {}
         }
     }
@@ -161,11 +194,69 @@ pub fn verify(
             let on_guest = std::fs::read(disk.join("run/keys").join(text(&key["name"])));
             let local = std::fs::read(text(&key["file"]));
             if on_guest.is_err() || on_guest.ok() != local.ok() {
-                problems.push(format!("{name}: key {} on the guest differs from its file", key["name"]));
+                problems.push(format!(
+                    "{name}: key {} on the guest differs from its file",
+                    key["name"]
+                ));
             }
         }
         checked.deployments.push(format!("{name} {current}"));
     }
 
-    if problems.is_empty() { Ok(checked) } else { Err(problems) }
+    if problems.is_empty() {
+        Ok(checked)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Adds the secrets this run knows now to `known`: the backends' tokens
+/// and TSIG secret, and every file under `dir/secrets`, `dir/s3` and
+/// `dir/keys` (the body lines of private keys).
+pub fn collect_secrets(backends: &Backends, dir: &Path, known: &mut BTreeSet<String>) {
+    for file in [
+        &backends.pve.token_file,
+        &backends.garage.token_file,
+        &backends.dns.deploy_secret_file,
+    ] {
+        if let Ok(text) = std::fs::read_to_string(file) {
+            known.insert(text.trim().to_string());
+        }
+    }
+    for sub in ["secrets", "s3", "keys"] {
+        for entry in std::fs::read_dir(dir.join(sub))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Ok(text) = std::fs::read_to_string(entry.path()) else {
+                continue;
+            };
+            if text.contains("PRIVATE KEY-----") {
+                known.extend(
+                    text.lines()
+                        .filter(|l| !l.starts_with("-----") && l.len() >= 20)
+                        .map(str::to_string),
+                );
+            } else if !text.starts_with("ssh-") {
+                known.insert(text.trim().to_string());
+            }
+        }
+    }
+    known.retain(|s| s.len() >= 8);
+}
+
+/// The provider logs under `logs` that contain one of `secrets`.
+pub fn leaks(secrets: &BTreeSet<String>, logs: &Path) -> Vec<String> {
+    let mut leaks = Vec::new();
+    for entry in std::fs::read_dir(logs).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        if secrets.iter().any(|s| text.contains(s.as_str())) {
+            leaks.push(format!(
+                "a secret is in the provider log {}",
+                entry.path().display()
+            ));
+        }
+    }
+    leaks
 }

@@ -133,10 +133,7 @@ fn write_private(path: &Path, text: &str) {
 impl Server {
     /// Starts a server; panics with its log when it does not come up.
     pub fn start(kind: Kind) -> Server {
-        Server::start_with_zones(
-            kind,
-            &[(ZONE, ZONE_FILE), (SECOND_ZONE, SECOND_ZONE_FILE)],
-        )
+        Server::start_with_zones(kind, &[(ZONE, ZONE_FILE), (SECOND_ZONE, SECOND_ZONE_FILE)])
     }
 
     /// Starts a server for the given zones (name, zone file text), each
@@ -234,7 +231,11 @@ impl Server {
             if let Ok(Some(_)) = server.child.try_wait() {
                 return Err(fs::read_to_string(&log).unwrap_or_default());
             }
-            if !server.kdig(&["+short", &format!("{}.", zones[0].0), "SOA"]).trim().is_empty() {
+            if !server
+                .kdig(&["+short", &format!("{}.", zones[0].0), "SOA"])
+                .trim()
+                .is_empty()
+            {
                 return Ok(server);
             }
             std::thread::sleep(Duration::from_millis(50));
