@@ -71,9 +71,68 @@
         }
       ) providers;
 
+      # The cluster configurator as a NixOps4 component: an operator's panel
+      # and the hosting configuration in, all of its resources out.
+      #   members.alice = {
+      #     imports = [ inputs.<this flake>.modules.nixops4Component.fediversity ];
+      #     fediversity = { panelFile = ./panel.json; hostingFile = ./hosting.nix; state = members.state; };
+      #   };
+      # See nix/configurator/README.md, "The module-system glue".
+      modules.nixops4Component.fediversity = import ./nix/nixops4/component.nix {
+        providerModules = self.modules.nixops4Provider;
+        inherit nixpkgs;
+      };
+
+      lib = {
+        # The pure configurator (no nixpkgs): configure, configureFiles,
+        # readPanel, checkHosting, ...
+        configurator = import ./nix/configurator;
+        # The configurator's graph as NixOps4 members, for a component of
+        # one's own: { panel | panelFile, hosting | hostingFile, providers,
+        # members, state, buildSystem } -> { members, graph, services }.
+        fediversityResources = import ./nix/nixops4/resources.nix;
+        # The NixOS system of one application's VM from its `service`:
+        # { application, service, sshUser ? "root", system ? "x86_64-linux",
+        #   modules ? [ ] } -> nixosSystem.
+        fediversityNixosSystem =
+          {
+            system ? "x86_64-linux",
+            modules ? [ ],
+            ...
+          }@args:
+          import ./nix/nixos/system.nix { inherit nixpkgs system modules; } (
+            removeAttrs args [
+              "system"
+              "modules"
+            ]
+          );
+      };
+
       checks = forAllSystems (
         pkgs:
         {
+          # The NixOps4 glue for the example operator, in a stand-in of
+          # NixOps4's component modules (nix/tests/glue.nix): evaluated when
+          # the check is, fails evaluation when a check fails.
+          nixops4-glue = pkgs.runCommand "nixops4-glue" {
+            result = builtins.toJSON (import ./nix/tests/glue-checks.nix { inherit lib; });
+          } ''printf '%s\n' "$result" > $out'';
+
+          # The example operator's three NixOS systems evaluate (option names,
+          # assertions): their derivations are instantiated, not built.
+          nixos-services-evaluate = pkgs.runCommand "nixos-services-evaluate" {
+            systems = builtins.toJSON (
+              lib.mapAttrs (
+                application: service:
+                builtins.unsafeDiscardStringContext
+                  (self.lib.fediversityNixosSystem {
+                    inherit application service;
+                    system = pkgs.stdenv.hostPlatform.system;
+                  }).config.system.build.toplevel.drvPath
+              ) (import ./nix/tests/sample-services.nix)
+            );
+          } ''printf '%s\n' "$systems" > $out'';
+
           workspace-tests = (workspace pkgs { pname = "fedi-nixops4-providers-tests"; }).overrideAttrs {
             doCheck = true;
             # ssh-keygen; knotd, kdig, keymgr and named for the dns-record tests.

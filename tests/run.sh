@@ -17,7 +17,7 @@ echo "== cargo clippy" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== nix parse" >&2
-for f in flake.nix $(find nix examples -name '*.nix' 2>/dev/null); do
+for f in flake.nix $(find nix examples local -name '*.nix' 2>/dev/null); do
   nix-instantiate --parse "$f" >/dev/null
 done
 

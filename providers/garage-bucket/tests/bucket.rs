@@ -16,7 +16,7 @@ fn inputs(garage: &GarageServer, extra: Value) -> Value {
 
 fn put(garage: &GarageServer, bucket: &str, key: &str, body: &str) {
     let (id, secret) = garage.test_key(bucket);
-    let s3 = common::s3(&garage, &id, &secret);
+    let s3 = common::s3(garage, &id, &secret);
     block_on(
         s3.put_object()
             .bucket(bucket)

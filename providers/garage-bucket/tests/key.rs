@@ -52,7 +52,7 @@ fn grants(garage: &GarageServer, key_id: &str) -> Vec<(String, [bool; 3])> {
 }
 
 fn can_write(garage: &GarageServer, key_id: &str, secret: &str, bucket: &str) -> bool {
-    let s3 = common::s3(&garage, key_id, secret);
+    let s3 = common::s3(garage, key_id, secret);
     block_on(
         s3.put_object()
             .bucket(bucket)
