@@ -13,6 +13,7 @@ use std::process::Command;
 
 use fedi_testbeds::pve::{Guest, Guests};
 use fedi_testbeds::ssh_host::SshHost;
+use percent_encoding::percent_decode_str;
 use serde_json::{Map, Value};
 
 /// The bridge the guests' addresses live on.
@@ -59,27 +60,6 @@ fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
-/// `%XX` escapes undone, as Proxmox stores `sshkeys`.
-fn uri_unescape(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(byte) = text
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(byte);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 impl Guests for LocalGuests {
     fn boot(&mut self, vmid: u32, config: &Map<String, Value>) -> Result<Guest, String> {
         let user = config
@@ -94,7 +74,8 @@ impl Guests for LocalGuests {
         let keys = config
             .get("sshkeys")
             .and_then(Value::as_str)
-            .map(uri_unescape)
+            // Proxmox keeps `sshkeys` percent-encoded.
+            .map(|keys| percent_decode_str(keys).decode_utf8_lossy().into_owned())
             .ok_or("cloud-init has no SSH keys (sshkeys): nobody could log in")?;
         let (v4, v6) = addresses(vmid);
         ip(&["addr", "add", &format!("{v4}/16"), "dev", BRIDGE])?;

@@ -249,7 +249,7 @@ fn check(
         .values()
         .filter(|r| r.provider == "dns-record")
     {
-        let field = |k: &str| r.inputs[k].as_str().unwrap_or_default().to_string();
+        let field = |k: &str| r.input(k).as_str().unwrap_or_default().to_string();
         records_seen.insert((field("name"), field("type")));
     }
     match verify::verify(backends, state, records_seen) {
@@ -305,7 +305,8 @@ fn operator_view(state: &State, report: &Report, panel: &Path) {
         let get = |name: String| state.resources.get(&name);
         for ty in ["a", "aaaa"] {
             if let Some(r) = get(format!("{app}-dns-{ty}")) {
-                let values: Vec<String> = r.outputs["values"]
+                let values: Vec<String> = r
+                    .output("values")
                     .as_array()
                     .into_iter()
                     .flatten()
@@ -321,18 +322,18 @@ fn operator_view(state: &State, report: &Report, panel: &Path) {
         if let Some(vm) = get(format!("{app}-vm")) {
             println!(
                 "              VM       {} (vmid {}, {} cores, {} MiB)",
-                vm.inputs["name"].as_str().unwrap_or("?"),
-                vm.outputs["vmid"],
-                vm.inputs["cores"],
-                vm.inputs["memory"]
+                vm.input("name").as_str().unwrap_or("?"),
+                vm.output("vmid"),
+                vm.input("cores"),
+                vm.input("memory")
             );
         }
         for (name, r) in &state.resources {
             if r.type_ == "bucket" && name.starts_with(&format!("{app}-")) {
                 println!(
                     "              bucket   {} {}",
-                    r.outputs["name"].as_str().unwrap_or("?"),
-                    r.outputs["websiteUrl"].as_str().unwrap_or("")
+                    r.output("name").as_str().unwrap_or("?"),
+                    r.output("websiteUrl").as_str().unwrap_or("")
                 );
             }
         }

@@ -27,6 +27,18 @@ pub struct Applied {
     pub depends_on: Vec<String>,
 }
 
+impl Applied {
+    /// An input, or `null` when it is absent.
+    pub fn input(&self, name: &str) -> &Value {
+        self.inputs.get(name).unwrap_or(&Value::Null)
+    }
+
+    /// An output, or `null` when it is absent.
+    pub fn output(&self, name: &str) -> &Value {
+        self.outputs.get(name).unwrap_or(&Value::Null)
+    }
+}
+
 /// The state file's content.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct State {

@@ -74,7 +74,7 @@ pub fn verify(
     });
     let wanted_vms = sorted(
         of(state, "proxmox-vm", "vm")
-            .map(|(_, r)| text(&r.inputs["name"]))
+            .map(|(_, r)| text(r.input("name")))
             .collect(),
     );
     let have_vms = sorted(vms.iter().map(|v| v.1.clone()).collect());
@@ -84,9 +84,9 @@ pub fn verify(
         ));
     }
     for (_, r) in of(state, "proxmox-vm", "vm") {
-        let name = text(&r.inputs["name"]);
+        let name = text(r.input("name"));
         if let Some((_, _, memory, cores)) = vms.iter().find(|v| v.1 == name) {
-            let (want_memory, want_cores) = (text(&r.inputs["memory"]), text(&r.inputs["cores"]));
+            let (want_memory, want_cores) = (text(r.input("memory")), text(r.input("cores")));
             if *memory != want_memory || *cores != want_cores {
                 problems.push(format!(
                     "VM {name} has {cores} cores and {memory} MiB; its inputs say {want_cores} and {want_memory}"
@@ -113,7 +113,7 @@ pub fn verify(
     // Buckets and keys.
     let wanted = sorted(
         of(state, "garage-bucket", "bucket")
-            .map(|(_, r)| text(&r.inputs["name"]))
+            .map(|(_, r)| text(r.input("name")))
             .collect(),
     );
     let have = backends.garage.bucket_aliases();
@@ -125,7 +125,7 @@ pub fn verify(
     checked.buckets = have;
     let wanted = sorted(
         of(state, "garage-bucket", "key")
-            .map(|(_, r)| text(&r.inputs["name"]))
+            .map(|(_, r)| text(r.input("name")))
             .collect(),
     );
     let have = backends.garage.key_names();
@@ -140,10 +140,11 @@ pub fn verify(
     for (name, type_) in records_seen {
         let served = backends.dns.dig(name, type_);
         let recorded = of(state, "dns-record", "record")
-            .find(|(_, r)| text(&r.inputs["name"]) == *name && text(&r.inputs["type"]) == *type_);
+            .find(|(_, r)| text(r.input("name")) == *name && text(r.input("type")) == *type_);
         match recorded {
             Some((_, r)) => {
-                let mut wanted: Vec<String> = r.outputs["values"]
+                let mut wanted: Vec<String> = r
+                    .output("values")
                     .as_array()
                     .into_iter()
                     .flatten()
@@ -183,14 +184,14 @@ pub fn verify(
         let current = std::fs::read_link(disk.join("run/current-system"))
             .map(|p| p.display().to_string())
             .unwrap_or_default();
-        if current != text(&r.inputs["system"]) {
+        if current != text(r.input("system")) {
             problems.push(format!(
                 "{name}: the guest runs {current:?}, not the recorded system {}",
-                r.inputs["system"]
+                r.input("system")
             ));
             continue;
         }
-        for key in r.inputs["keys"].as_array().into_iter().flatten() {
+        for key in r.input("keys").as_array().into_iter().flatten() {
             let on_guest = std::fs::read(disk.join("run/keys").join(text(&key["name"])));
             let local = std::fs::read(text(&key["file"]));
             if on_guest.is_err() || on_guest.ok() != local.ok() {

@@ -10,7 +10,6 @@
 //! are test fixtures, not production code.
 
 #![allow(missing_docs)] // fixtures; their fields say what they are
-#![allow(clippy::print_stdout)]
 
 pub mod dns;
 pub mod garage;

@@ -16,13 +16,11 @@
 //! network namespace the caller made, with the keys cloud-init would
 //! install, and a directory that outlives a reboot.
 
-use std::net::TcpStream;
+use std::net::{IpAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-use std::net::IpAddr;
 
 use fedi_protocol::testkit::Redactions;
 use serde_json::{Value, json};
