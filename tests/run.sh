@@ -17,8 +17,11 @@ echo "== cargo clippy" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== nix parse" >&2
+# Under the project's own Nix configuration, as every Nix command the
+# project runs (doc/architecture/008-nix-configuration.md).
 for f in flake.nix $(find nix examples local -name '*.nix' 2>/dev/null); do
-  nix-instantiate --parse "$f" >/dev/null
+  env -u NIX_CONFIG -u NIX_REMOTE -u NIX_PATH NIX_CONF_DIR="$PWD/nix/conf" NIX_USER_CONF_FILES="" \
+    nix-instantiate --parse "$f" >/dev/null
 done
 
 echo "== cargo test" >&2

@@ -29,6 +29,7 @@ pub fn garage_exe() -> PathBuf {
         })
         .unwrap_or_default()
         .into_iter()
+        .chain(std::env::var_os("CARGO_HOME").map(|h| Path::new(&h).join("bin/garage")))
         .chain(std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo/bin/garage")));
     for candidate in candidates {
         if candidate.is_file() {

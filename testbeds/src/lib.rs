@@ -13,5 +13,6 @@
 
 pub mod dns;
 pub mod garage;
+pub mod nix;
 pub mod pve;
 pub mod ssh_host;

@@ -11,6 +11,9 @@
 //! /etc/sudoers bound over the machine's (which stay untouched), with its
 //! home in the host's own /home.
 //!
+//! Its Nix commands (those of every SSH session, also through sudo) read
+//! the project's Nix configuration ([`crate::nix`]), not the machine's.
+//!
 //! The same host serves as a Proxmox guest in the local deployment
 //! ([`SshHost::boot`]): listening on the VM's address on port 22 inside a
 //! network namespace the caller made, with the keys cloud-init would
@@ -77,6 +80,7 @@ fn private_etc(etc: &Path, id: u32) {
         format!(
             "Defaults env_reset\n\
              Defaults secure_path=\"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\"\n\
+             Defaults env_keep += \"NIX_CONF_DIR NIX_USER_CONF_FILES\"\n\
              root ALL=(ALL:ALL) ALL\n\
              {DEPLOYER} ALL=(ALL:ALL) NOPASSWD: ALL\n"
         ),
@@ -175,8 +179,10 @@ impl SshHost {
                 "Port {port}\nListenAddress {address}\nHostKey {}\nPidFile none\nUsePAM no\n\
                  PermitRootLogin prohibit-password\nPasswordAuthentication no\n\
                  KbdInteractiveAuthentication no\nStrictModes yes\nMaxSessions 50\n\
-                 MaxStartups 50\nAuthorizedKeysFile .ssh/authorized_keys\n",
-                d.join("host_key").display()
+                 MaxStartups 50\nAuthorizedKeysFile .ssh/authorized_keys\n\
+                 SetEnv NIX_CONF_DIR={} NIX_USER_CONF_FILES=\n",
+                d.join("host_key").display(),
+                crate::nix::conf_dir().display()
             ),
         )
         .unwrap();

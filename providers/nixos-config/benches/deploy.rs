@@ -42,7 +42,7 @@ fn nixops4_nixos_way(host: &TestHost, system: &str) -> Duration {
     )
     .unwrap();
     let start = Instant::now();
-    let copy = Command::new("nix")
+    let copy = fedi_testbeds::nix::command("nix")
         .args([
             "--extra-experimental-features",
             "nix-command",

@@ -7,7 +7,6 @@
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// The workspace root.
 pub fn root() -> PathBuf {
@@ -33,7 +32,7 @@ pub fn eval(
     outputs: Option<&Path>,
     systems: Option<&Path>,
 ) -> Result<Value, String> {
-    let mut cmd = Command::new("nix-instantiate");
+    let mut cmd = fedi_testbeds::nix::command("nix-instantiate");
     cmd.args(["--store", "dummy://", "--eval", "--strict", "--json"])
         .arg(root().join("nix/configurator/eval.nix"))
         .arg("--argstr")
@@ -49,7 +48,6 @@ pub fn eval(
         cmd.arg("--argstr").arg("systemsFile").arg(s);
     }
     let out = cmd
-        .env_remove("NIX_PATH")
         .output()
         .expect("run nix-instantiate (Debian package nix-bin; tests/install-deps.sh installs it)");
     if out.status.success() {

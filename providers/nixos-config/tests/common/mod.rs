@@ -10,15 +10,20 @@ use std::process::{Command, Stdio};
 use fedi_protocol::testkit::Harness;
 pub use fedi_testbeds::ssh_host::{DEPLOYER, TestHost, keygen};
 
+/// The provider, its Nix commands (`nix copy`) under the project's Nix
+/// configuration rather than the machine's.
 pub fn provider() -> Harness {
-    Harness::new(env!("CARGO_BIN_EXE_fedi-nixos-config"))
+    fedi_testbeds::nix::env().iter().fold(
+        Harness::new(env!("CARGO_BIN_EXE_fedi-nixos-config")),
+        |h, (name, value)| h.env(name, value),
+    )
 }
 
 /// Builds a test system (see `system.nix`) in the deploying machine's store.
 pub fn build_system(name: &str, behaviour: &str, deps: u32, shared: &str) -> String {
     let expression = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/system.nix");
-    let output = Command::new("nix-build")
-        .args(["--no-out-link", "--quiet", "--option", "substituters", ""])
+    let output = fedi_testbeds::nix::command("nix-build")
+        .args(["--no-out-link", "--quiet"])
         .arg(&expression)
         .args(["--argstr", "name", name])
         .args(["--argstr", "behaviour", behaviour])
@@ -37,7 +42,7 @@ pub fn build_system(name: &str, behaviour: &str, deps: u32, shared: &str) -> Str
 
 /// The closure of a store path in the deploying machine's store.
 pub fn closure(path: &str) -> Vec<String> {
-    let output = Command::new("nix-store")
+    let output = fedi_testbeds::nix::command("nix-store")
         .args(["-qR", path])
         .output()
         .expect("nix-store");
