@@ -373,9 +373,20 @@ fn decode_recorded<R: Resource>(
     Ok(Recorded { inputs, outputs })
 }
 
+/// Encodes outputs with every declared output present: one left out (an
+/// unset `Option` that its type skips) is sent as `null`. NixOps4 knows a
+/// resource's outputs only from its provider's response, so a reader of an
+/// output that is missing there fails with "does not have output"; the
+/// generated modules' `default = null` never applies.
 fn encode_outputs<R: Resource>(outputs: &R::Outputs) -> Result<Properties> {
     match serde_json::to_value(outputs) {
-        Ok(Value::Object(map)) => Ok(map),
+        Ok(Value::Object(mut map)) => {
+            let schema = crate::schema::schema_value::<R::Outputs>();
+            for name in crate::schema::properties_at(&schema, "") {
+                map.entry(name).or_insert(Value::Null);
+            }
+            Ok(map)
+        }
         Ok(other) => Err(Error::internal(format!(
             "outputs of `{}` serialize to a JSON {}, not an object",
             R::TYPE,

@@ -200,6 +200,8 @@ pub struct Harness {
     exe: PathBuf,
     env: Vec<(String, String)>,
     transcript: Option<SharedExchanges>,
+    /// The provider's `--schema`, read once, for the outputs check.
+    schema: std::sync::Arc<OnceLock<ProviderSchema>>,
 }
 
 impl Harness {
@@ -209,6 +211,7 @@ impl Harness {
             exe: exe.into(),
             env: Vec::new(),
             transcript: None,
+            schema: Default::default(),
         }
     }
 
@@ -314,6 +317,7 @@ impl Harness {
         SchemaValidator::get().assert_valid(Direction::Request, &request);
         let line = serde_json::to_vec(&request).expect("request serializes");
         let (response, stderr) = self.send_raw(&line);
+        self.assert_every_output_present(&request, &response);
         if let Some(transcript) = &self.transcript {
             transcript
                 .lock()
@@ -386,6 +390,43 @@ impl Harness {
         }}))
     }
 
+    /// Asserts that a response with outputs has every output its resource
+    /// type declares (`null` when empty): NixOps4 knows only the outputs a
+    /// provider returned, so any other one fails its readers with "does not
+    /// have output". Every provider test that goes through [`Harness::send`]
+    /// checks it.
+    fn assert_every_output_present(&self, request: &Value, response: &Value) {
+        let Some(outputs) = [
+            "createResourceResponse",
+            "updateResourceResponse",
+            "xReadResourceResponse",
+        ]
+        .iter()
+        .find_map(|kind| response.get(kind)?.get("outputProperties")?.as_object()) else {
+            return;
+        };
+        let Some(resource_type) = request
+            .as_object()
+            .and_then(|r| r.values().next())
+            .and_then(|body| body.get("type").or_else(|| body.pointer("/resource/type")))
+            .and_then(Value::as_str)
+        else {
+            return;
+        };
+        let schema = self.schema.get_or_init(|| self.provider_schema());
+        let declared = schema
+            .resource_types
+            .get(resource_type)
+            .map(|t| crate::schema::properties_at(&t.outputs, ""))
+            .unwrap_or_default();
+        let missing = missing_outputs(&declared, outputs);
+        assert!(
+            missing.is_empty(),
+            "the `{resource_type}` response leaves out the declared outputs {missing:?} \
+             (NixOps4 fails every reader of a missing output; send them as null):\n{response}"
+        );
+    }
+
     /// The provider's `--schema` output.
     pub fn provider_schema(&self) -> ProviderSchema {
         let output = Command::new(&self.exe)
@@ -399,6 +440,15 @@ impl Harness {
         );
         serde_json::from_slice(&output.stdout).expect("--schema prints a ProviderSchema")
     }
+}
+
+/// The names in `declared` that `outputs` lacks.
+pub fn missing_outputs(declared: &[String], outputs: &Map<String, Value>) -> Vec<String> {
+    declared
+        .iter()
+        .filter(|name| !outputs.contains_key(name.as_str()))
+        .cloned()
+        .collect()
 }
 
 fn extant(resource_type: &str, inputs: Value, outputs: Option<Value>) -> Value {
@@ -546,6 +596,23 @@ pub fn assert_generated_in_sync(exe: impl Into<PathBuf>, workspace_root: &Path) 
              `FEDI_REGENERATE=1 cargo test --workspace generated` and commit the result",
             path.display(),
             schema.executable
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_output_sent_as_null_counts_as_present_and_a_left_out_one_does_not() {
+        let declared = vec!["publicKey".to_string(), "privateKey".to_string()];
+        let complete = json!({"publicKey": "ssh-ed25519 AAAA", "privateKey": null});
+        assert!(missing_outputs(&declared, complete.as_object().unwrap()).is_empty());
+        let partial = json!({"publicKey": "ssh-ed25519 AAAA"});
+        assert_eq!(
+            missing_outputs(&declared, partial.as_object().unwrap()),
+            ["privateKey"]
         );
     }
 }

@@ -107,7 +107,7 @@ pub struct BucketOutputs {
     pub region: String,
     /// The public URL of the website, when website access is on and
     /// `garage.webEndpoint` is set.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub website_url: Option<String>,
 }
 

@@ -94,7 +94,11 @@ fn lifecycle_settings_rename_and_delete() {
         .update("bucket", renamed.clone(), bigger, updated)
         .outputs();
     assert_eq!(after["bucketId"], outputs["bucketId"]);
-    assert!(after.get("websiteUrl").is_none());
+    assert_eq!(
+        after["websiteUrl"],
+        Value::Null,
+        "present, and null: {after}"
+    );
     assert!(garage.bucket_info("media").is_none());
     let info = garage.bucket_info("media-renamed").unwrap();
     assert_eq!(info["websiteAccess"], false);

@@ -296,7 +296,7 @@ pub struct VmOutputs {
     /// The guest's SSH host public key, read through the guest agent (a
     /// channel through the hypervisor, not the network), for pinning in
     /// `known_hosts`. Unset when not waiting for the agent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub ssh_host_key: Option<String>,
 }
 

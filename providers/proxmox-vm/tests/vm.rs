@@ -528,7 +528,11 @@ fn the_agent_wait_has_a_timeout_and_can_be_skipped() {
     declared["waitForAgent"] = json!(false);
     let outputs = provider().create("vm", declared, true).outputs();
     assert_eq!(outputs["ipv4Addresses"], json!([]));
-    assert!(outputs.get("sshHostKey").is_none());
+    assert_eq!(
+        outputs["sshHostKey"],
+        Value::Null,
+        "present, and null: {outputs}"
+    );
     assert!(pve.vm(vmid(&outputs)).unwrap().running);
 }
 

@@ -119,7 +119,7 @@ pub struct KeyPairOutputs {
     pub private_key_path: PathBuf,
     /// The private key file's contents (encrypted when a passphrase is set);
     /// only with `exposePrivateKey = true`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub private_key: Option<String>,
 }
 
