@@ -10,6 +10,8 @@ in
   description = ''
     DNS records on the hosting provider's authoritative DNS server, written by RFC 2136 dynamic updates signed with TSIG (BIND, Knot DNS, PowerDNS and others accept them): each change one atomic update, confirmed by querying the server, never clobbering records it did not write.
   '';
+  sourceBaseUrl = "https://example.invalid/fediversity/nixops4-providers";
+  sourceName = "fediversity-providers";
   executable = "${package resourceProviderSystem}/bin/fedi-dns-record";
   resourceTypes = {
     record = {

@@ -10,6 +10,8 @@ in
   description = ''
     Buckets and access keys on a Garage cluster (admin API v2): buckets with quotas, website access, CORS and a keep-or-purge choice for their data; access keys with exact permissions, their secrets kept in files on the deploying machine.
   '';
+  sourceBaseUrl = "https://example.invalid/fediversity/nixops4-providers";
+  sourceName = "fediversity-providers";
   executable = "${package resourceProviderSystem}/bin/fedi-garage-bucket";
   resourceTypes = {
     bucket = {

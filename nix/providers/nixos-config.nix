@@ -10,6 +10,8 @@ in
   description = ''
     Deploys a NixOS system closure onto an existing host over SSH: copies it with `nix copy`, activates it detached from the connection, rolls back when activation fails or a fresh SSH connection cannot confirm it (magic rollback), and uploads secret files outside the Nix store.
   '';
+  sourceBaseUrl = "https://example.invalid/fediversity/nixops4-providers";
+  sourceName = "fediversity-providers";
   executable = "${package resourceProviderSystem}/bin/fedi-nixos-config";
   resourceTypes = {
     deployment = {

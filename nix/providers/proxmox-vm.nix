@@ -10,6 +10,8 @@ in
   description = ''
     Virtual machines on Proxmox VE, cloned from templates: CPU, memory, disks, network, cloud-init and tags changed in place, addresses and SSH host key reported by the QEMU guest agent. The API token is read from a file or the environment; TLS is verified against the system roots, a CA file or a pinned certificate fingerprint.
   '';
+  sourceBaseUrl = "https://example.invalid/fediversity/nixops4-providers";
+  sourceName = "fediversity-providers";
   executable = "${package resourceProviderSystem}/bin/fedi-proxmox-vm";
   resourceTypes = {
     vm = {

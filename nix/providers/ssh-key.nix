@@ -10,6 +10,8 @@ in
   description = ''
     SSH key pairs that persist across deployments: generated once, the private key kept in a file on the deploying machine (never in the Nix store or, by default, the state), the public key and fingerprint as outputs.
   '';
+  sourceBaseUrl = "https://example.invalid/fediversity/nixops4-providers";
+  sourceName = "fediversity-providers";
   executable = "${package resourceProviderSystem}/bin/fedi-ssh-key";
   resourceTypes = {
     keypair = {

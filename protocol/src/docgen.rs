@@ -2,9 +2,9 @@
 //! from a [`ProviderSchema`] (what `<provider> --schema` prints).
 //!
 //! The Nix module has the shape of NixOps4's own `nix/providers/local.nix`:
-//! `name`, `description`, `executable`, and `resourceTypes.<type>` with
-//! `description`, `requireState`, `inputs.options` and `outputs.options`
-//! made of `mkOption`s. It is a function of the package that provides the
+//! `name`, `description`, `sourceBaseUrl`, `sourceName`, `executable`, and
+//! `resourceTypes.<type>` with `description`, `requireState`,
+//! `inputs.options` and `outputs.options` made of `mkOption`s. It is a function of the package that provides the
 //! executable, so a flake applies it to its own packages:
 //!
 //! ```nix
@@ -19,6 +19,18 @@ use serde_json::Value;
 use crate::schema::{
     ProviderSchema, ResourceTypeSchema, describe_type, enum_values, nullable_inner, resolve,
 };
+
+/// The generated modules' `sourceBaseUrl`: NixOps4's `renderProviderDocs`
+/// requires it (nixops4 `nix/provider/provider-doc.nix`, a string) and
+/// appends a declaration's path below the flake's source to it to link an
+/// option to its source, as `local.nix` does with `.../tree/main`. This
+/// workspace's `repository` (Cargo.toml), so there is one place to change.
+pub const SOURCE_BASE_URL: &str = env!("CARGO_PKG_REPOSITORY");
+
+/// The generated modules' `sourceName`: the display text of those links
+/// (nixops4 `provider-doc.nix`; `local.nix` has `"nixops4"`), this flake's
+/// name as the READMEs use it as an input.
+pub const SOURCE_NAME: &str = "fediversity-providers";
 
 /// The Nix provider module for `schema`.
 pub fn nix_module(schema: &ProviderSchema) -> String {
@@ -38,6 +50,8 @@ pub fn nix_module(schema: &ProviderSchema) -> String {
         "  description = {};",
         nix_long_string(&schema.description, 2)
     );
+    let _ = writeln!(out, "  sourceBaseUrl = {};", nix_string(SOURCE_BASE_URL));
+    let _ = writeln!(out, "  sourceName = {};", nix_string(SOURCE_NAME));
     let _ = writeln!(
         out,
         "  executable = \"${{package resourceProviderSystem}}/bin/{}\";",
