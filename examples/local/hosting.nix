@@ -5,7 +5,10 @@
 # keys are files the backends made.
 #
 # A real hosting provider writes the same options with its own endpoints;
-# see examples/fediversity/hosting.nix.
+# see examples/fediversity/hosting.nix. As a `hostingFile` this needs its
+# `backends` given: `hostingArgs.backends = ...;` (configureFiles, the
+# component's `fediversity.hostingArgs`, or `--arg hostingArgs` to
+# nix/configurator/eval.nix).
 { backends }:
 let
   inherit (backends) proxmox garage dns stateDir;

@@ -160,6 +160,13 @@ let
       };
     };
   };
+  inherit (builtins)
+    attrNames
+    concatStringsSep
+    filter
+    functionArgs
+    isFunction
+    ;
 in
 {
   checkHosting =
@@ -168,4 +175,25 @@ in
       source = "fediversity hosting configuration ${source}";
       file = "the hosting configuration";
     } [ ] spec value;
+
+  # A hosting configuration's Nix file: an attribute set, or a function,
+  # called with `args` (`{ }` unless given). examples/local/hosting.nix is
+  # such a function of `{ backends }`.
+  importHosting =
+    file: args:
+    let
+      value = import file;
+      formals = functionArgs value;
+      missing = filter (n: !formals.${n} && !(args ? ${n})) (attrNames formals);
+      source = "fediversity hosting configuration (${toString file})";
+    in
+    if !isFunction value then
+      if args == { } then
+        value
+      else
+        throw "${source}: the file holds an attribute set, which takes no arguments, but arguments were given (${concatStringsSep ", " (attrNames args)}). Fix: drop the hosting arguments (`hostingArgs`), or make the file a function of them."
+    else if missing != [ ] then
+      throw "${source}: the file is a function that needs the argument${if builtins.length missing > 1 then "s" else ""} ${concatStringsSep ", " missing}, which ${if builtins.length missing > 1 then "were" else "was"} not given. Fix: pass ${if builtins.length missing > 1 then "them" else "it"} as hosting arguments (`fediversity.hostingArgs.${builtins.head missing} = ...;` in the component, `hostingArgs` of `configureFiles`, `--arg hostingArgs '{ ${builtins.head missing} = ...; }'` to eval.nix), or use a file that applies it, e.g. `import ${toString file} { ${builtins.head missing} = ...; }`."
+    else
+      value args;
 }

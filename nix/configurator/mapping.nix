@@ -342,7 +342,18 @@ let
       operatorResources // builtins.foldl' (acc: r: acc // r) { } (genList (i: appResources i (elemAt enabled i)) (length enabled));
 
   names = attrNames resources;
+
+  # The panel and the hosting configuration, checked whole before anything
+  # else. Their checks are lazy, field by field (check.nix), and NixOps4
+  # forces one member's inputs at a time and applies each member as soon as
+  # its own inputs evaluate (nixops4 rust/nixops4/src/work.rs,
+  # `resolve_resource_inputs`): a bad value would surface only on the
+  # resources that read it, after the others were applied, and one used
+  # only in a NixOS system last of all. Every part of the graph goes through
+  # this, so the member set and each member's inputs fail first.
+  checkedWhole = builtins.deepSeq panel (builtins.deepSeq hosting true);
 in
+assert checkedWhole;
 if !inZone then
   fail "the operator's domain \"${domain}\" is not in the DNS zone \"${zone}\" of the hosting configuration. Fix: use a domain under \"${zone}\" in the panel, or the zone that holds it in the hosting configuration."
 else

@@ -38,6 +38,7 @@ let
       panelFile
       hosting
       hostingFile
+      hostingArgs
       state
       buildSystem
       ;
@@ -81,8 +82,17 @@ in
       default = null;
       example = lib.literalExpression "./hosting.nix";
       description = ''
-        A Nix file holding the hosting configuration: a set, or a function
-        taking `{ }`. Give this or `hosting`.
+        A Nix file holding the hosting configuration: a set, or a function,
+        which is called with `hostingArgs`. Give this or `hosting`.
+      '';
+    };
+    hostingArgs = mkOption {
+      type = types.attrs;
+      default = { };
+      example = lib.literalExpression "{ backends = lib.importJSON ./backends.json; }";
+      description = ''
+        What `hostingFile` is called with when it holds a function, e.g.
+        `backends` for examples/local/hosting.nix.
       '';
     };
     state = mkOption {

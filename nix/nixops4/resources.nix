@@ -14,9 +14,11 @@
   panel ? null,
   panelFile ? null,
   # The hosting provider's configuration (nix/configurator/hosting.nix): a
-  # value, or a Nix file holding a set or a function taking `{ }`.
+  # value, or a Nix file holding a set or a function, which is called with
+  # `hostingArgs` (e.g. examples/local/hosting.nix needs `backends`).
   hosting ? null,
   hostingFile ? null,
+  hostingArgs ? { },
   # The component's `providers` module argument: it must have every provider
   # the graph uses, by the names of this flake's `modules.nixops4Provider`.
   providers,
@@ -36,7 +38,6 @@ let
     concatStringsSep
     filter
     fromJSON
-    isFunction
     listToAttrs
     mapAttrs
     readFile
@@ -59,22 +60,26 @@ let
     );
   hostingValue =
     builtins.seq (exactlyOne "hosting" hosting hostingFile) (
-      if hosting != null then
-        hosting
-      else
-        let
-          imported = import hostingFile;
-        in
-        if isFunction imported then imported { } else imported
+      if hosting != null then hosting else configurator.importHosting hostingFile hostingArgs
     );
 
   # The graph's shape (resource names, providers, types, state needs) comes
   # from the panel and the hosting configuration alone; evaluating it without
-  # outputs forces nothing of NixOps4's.
-  shape = configurator.configure {
-    panel = panelValue;
-    hosting = hostingValue;
+  # outputs forces nothing of NixOps4's. It checks the whole panel and
+  # hosting configuration first (nix/configurator/mapping.nix), so a bad
+  # value fails the member set, and every member's inputs, before NixOps4
+  # can apply any member.
+  sources = {
+    panelSource = if panelFile != null then "(${toString panelFile})" else "(fediversity.panel)";
+    hostingSource = if hostingFile != null then "(${toString hostingFile})" else "(fediversity.hosting)";
   };
+  shape = configurator.configure (
+    sources
+    // {
+      panel = panelValue;
+      hosting = hostingValue;
+    }
+  );
 
   typeOf =
     name: resource:
@@ -111,11 +116,14 @@ let
     }
   );
 
-  graph = configurator.configure {
-    panel = panelValue;
-    hosting = hostingValue;
-    inherit outputs systems;
-  };
+  graph = configurator.configure (
+    sources
+    // {
+      panel = panelValue;
+      hosting = hostingValue;
+      inherit outputs systems;
+    }
+  );
 
   member =
     name: resource:

@@ -11,15 +11,19 @@ let
   inherit (builtins)
     all
     attrNames
+    concatStringsSep
     deepSeq
     elem
     elemAt
     filter
+    fromJSON
     genList
     isAttrs
     isList
+    isString
     length
     mapAttrs
+    readFile
     toJSON
     tryEval
     ;
@@ -59,8 +63,10 @@ let
     };
 
   # The deployment a hosting provider would write: one operator, `alice`,
-  # as a member of the root, its state in a root member.
+  # as a member of the root, its state in a root member. `settings` are
+  # alice's panel and hosting configuration (`fediversity.*`).
   rootModule =
+    settings:
     { providers, members, ... }:
     {
       providers.test-state = stateProvider;
@@ -75,8 +81,7 @@ let
             nixpkgs = null;
           })
         ];
-        fediversity = {
-          inherit panelFile hostingFile;
+        fediversity = settings // {
           state = members.state;
           buildSystem = { application, ... }: fakeSystem application;
         };
@@ -99,46 +104,120 @@ let
           modules = [ (nixops4 + "/nix/component/base-modules.nix") ] ++ modules;
         };
 
+  # The root as `nixops4-eval` evaluates it (./nixops4-eval.nix: outputs
+  # through its fixpoint, known only from what the providers returned),
+  # `returned` being the outputs of alice's applied resources, by name.
   evaluate =
-    outputs:
-    evalRoot [ rootModule ] {
+    settings: returned:
+    import ./nixops4-eval.nix {
       resourceProviderSystem = system;
-      outputValues = {
+      returned = {
         state = { };
-        alice = outputs;
+        alice = returned;
       };
-    };
+    } (evalRoot [ (rootModule settings) ]);
+  fromFiles = { inherit panelFile hostingFile; };
 
   # The graph's shape, and the graph the pure configurator makes once every
   # output is known: what the members' inputs must hold.
-  shape = configurator.configureFiles { inherit panelFile hostingFile; };
+  shape = configurator.configureFiles fromFiles;
   names = attrNames shape.resources;
   applications = attrNames shape.urls;
+  # What each provider returns: every declared output (null where empty).
   outputs = import ./fake-outputs.nix shape.resources;
   expected = configurator.configure {
-    panel = builtins.fromJSON (builtins.readFile panelFile);
+    panel = fromJSON (readFile panelFile);
     hosting = import hostingFile { };
     inherit outputs;
     systems = lib.genAttrs applications fakeSystem;
   };
 
-  applied = evaluate outputs;
+  applied = evaluate fromFiles outputs;
   exported = applied.config._export.members.alice.members;
   component = applied.config.members.alice.fediversity;
   resource = name: exported.${name}.resource;
+  allInputs = mapAttrs (name: _: (resource name).inputs) exported;
 
-  # The same with the outputs of the Mastodon VM not known yet: NixOps4
-  # gives such an output as a value that fails when forced.
+  # The same with the Mastodon VM not applied yet: its outputs are
+  # dependencies, which fail when forced.
   notApplied = "mastodon-vm";
-  pending =
-    (evaluate (
-      outputs
-      // {
-        ${notApplied} = mapAttrs (
-          output: _: throw "glue test: output ${notApplied}.${output} was forced"
-        ) outputs.${notApplied};
-      }
-    )).config._export.members.alice.members;
+  pending = (evaluate fromFiles (removeAttrs outputs [ notApplied ])).config._export.members.alice.members;
+
+  # Providers that left an output out of their response: under NixOps4
+  # each reader fails ("Resource ... does not have output ..."), whatever
+  # default the output option has.
+  lacking = evaluate fromFiles (
+    outputs
+    // {
+      mastodon-vm = removeAttrs outputs.mastodon-vm [ "sshHostKey" ];
+      mastodon-media-bucket = removeAttrs outputs.mastodon-media-bucket [ "websiteUrl" ];
+    }
+  );
+  lackingMembers = lacking.config._export.members.alice.members;
+
+  # Nothing applied yet: NixOps4 starts with the members whose inputs
+  # evaluate without any output (work.rs applies each as soon as they do).
+  startable =
+    settings:
+    let
+      members = (evaluate settings { }).config._export.members.alice.members;
+    in
+    filter (name: !(forces members.${name}.resource.inputs)) names;
+
+  # Bad panel values, by field: read by one resource's inputs (size,
+  # onDisable) or only by a NixOS system (registrations, transcoding,
+  # the admin's e-mail).
+  panel = fromJSON (readFile panelFile);
+  badPanels = {
+    "applications.mastodon.size" = lib.recursiveUpdate panel { applications.mastodon.size = "huge"; };
+    "applications.mastodon.registrations" = lib.recursiveUpdate panel {
+      applications.mastodon.registrations = "everyone";
+    };
+    "applications.peertube.onDisable" = lib.recursiveUpdate panel { applications.peertube.onDisable = "delete"; };
+    "applications.peertube.transcoding" = lib.recursiveUpdate panel { applications.peertube.transcoding = "yes"; };
+    "admin.email" = lib.recursiveUpdate panel { admin.email = "alice"; };
+  };
+  badPanelStops =
+    field:
+    let
+      settings = {
+        panel = badPanels.${field};
+        inherit hostingFile;
+      };
+      alice = (evaluate settings { }).config._export.members.alice;
+    in
+    forces (attrNames alice.members) && startable settings == [ ];
+
+  # examples/local/hosting.nix, a function of `{ backends }`, as a
+  # hostingFile.
+  localSettings = {
+    inherit panelFile;
+    hostingFile = ../../examples/local/hosting.nix;
+    hostingArgs.backends = import ./fake-backends.nix;
+  };
+
+  # What NixOps4's `renderProviderDocs` reads of a provider module
+  # (nix/render-provider-docs/package.nix `providerEval`: the module in
+  # nix/provider/provider.nix, with `resourceProviderSystem` failing).
+  providerDoc =
+    name:
+    if nixops4 == null then
+      applied.config.members.alice.providers.${name}
+    else
+      (lib.evalModules {
+        modules = [
+          (nixops4 + "/nix/provider/provider.nix")
+          { options._module.args = lib.mkOption { internal = true; }; }
+          providerModules.${name}
+        ];
+        specialArgs.resourceProviderSystem = throw "glue test: the provider docs need resourceProviderSystem";
+      }).config;
+  isStr =
+    v:
+    let
+      r = tryEval (isString v);
+    in
+    r.success && r.value;
   dependsOnVm = [
     "mastodon-dns-a"
     "mastodon-dns-aaaa"
@@ -191,9 +270,33 @@ let
       noPlaceholder component.services
       && component.services.mastodon.s3.accessKeyId == outputs.mastodon-s3-key.accessKeyId
       && component.services.mastodon.ssh.authorizedKeys == [ outputs.deployer-key.publicKey ];
-    "the outputs offered are the providers' declared outputs" = all (
+    "the outputs the providers return (fake-outputs.nix) are exactly their declared outputs" = all (
       name: attrNames (resource name).outputsSkeleton == attrNames outputs.${name}
     ) names;
+    "no input or service reads an output its provider did not return" =
+      !(forces allInputs) && !(forces component.services);
+    "an output left out of a provider's response fails its readers, as under NixOps4" =
+      forces lackingMembers.mastodon-deployment.resource.inputs.hostPublicKey
+      && forces lacking.config.members.alice.fediversity.services.mastodon.s3.buckets.media.publicUrl
+      && !(forces lackingMembers.mastodon-deployment.resource.inputs.host)
+      && !(forces lackingMembers.mastodon-dns-a.resource.inputs);
+    "with nothing applied, the members NixOps4 starts with are the graph's ready ones" =
+      startable fromFiles == shape.ready && shape.ready != [ ];
+    "a bad panel fails the member set and every member's inputs before anything is applied (${concatStringsSep ", " (attrNames badPanels)})" =
+      all badPanelStops (attrNames badPanels);
+    "examples/local/hosting.nix works as hostingFile with hostingArgs.backends" =
+      attrNames (evaluate localSettings { }).config._export.members.alice.members
+      == attrNames (configurator.configureFiles localSettings).resources;
+    "each provider module has what renderProviderDocs reads (name, description, sourceBaseUrl, sourceName)" =
+      all (
+        name:
+        all (option: isStr (providerDoc name).${option}) [
+          "name"
+          "description"
+          "sourceBaseUrl"
+          "sourceName"
+        ]
+      ) providerNames;
     "members, types and state are known before any output" =
       attrNames pending == names
       && all (name: !(forces (with pending.${name}.resource; [ type state provider ]))) names;
@@ -208,8 +311,15 @@ let
   failed = filter (name: !checks.${name}) (attrNames checks);
   against = if nixops4 == null then "stand-in" else "nixops4";
 in
-if failed != [ ] then
-  throw "glue test (against the ${against}): failed: ${builtins.concatStringsSep "; " failed}"
+# An output read that its provider did not return: NixOps4's error first
+# (the pure configurator's `expected` would fail on it too, less clearly).
+if checks."no input or service reads an output its provider did not return" == false then
+  deepSeq [
+    allInputs
+    component.services
+  ] (throw "glue test (against the ${against}): an input or service reads an output its provider did not return")
+else if failed != [ ] then
+  throw "glue test (against the ${against}): failed: ${concatStringsSep "; " failed}"
 else
   {
     inherit against;

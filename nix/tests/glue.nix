@@ -9,7 +9,9 @@
 # By default the component runs in ./nixops4-standin.nix, a stand-in for
 # NixOps4's component modules (NOT NixOps4; see there what it leaves out).
 # With `-I nixops4=<nixops4 checkout>` it runs in NixOps4's own modules
-# (`nix/lib/lib.nix` `evalRoot` and `nix/component/`) instead.
+# (`nix/lib/lib.nix` `evalRoot` and `nix/component/`) instead. Either way
+# the root is evaluated as `nixops4-eval` does (./nixops4-eval.nix: outputs
+# through its fixpoint, known only if the provider returned them).
 #
 # Prints `{ "against": "stand-in" | "nixops4", "passed": [ ... ] }`, or fails
 # naming the checks that failed. Providers are the generated modules in

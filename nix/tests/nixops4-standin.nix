@@ -4,9 +4,10 @@
 # available:
 #
 #   - `providers.<name>` takes a provider module (name, description,
-#     executable, resourceTypes.<type>.{description, requireState, inputs,
-#     outputs}); the `providers` module argument gives the resource types,
-#     each with its `outputsSkeleton` (the output names);
+#     sourceBaseUrl, sourceName, executable, args, type,
+#     resourceTypes.<type>.{description, requireState, inputs, outputs});
+#     the `providers` module argument gives the resource types, each with
+#     its `outputsSkeleton` (the output names);
 #   - `members.<name>` is a component: with `type` a resource (`inputs`
 #     checked against the type's input options, `outputs` set from the
 #     given output values, `state` a reference to another member), without
@@ -14,12 +15,17 @@
 #   - `evalRoot modules { resourceProviderSystem, outputValues }` evaluates
 #     a root component; `config._export` is what NixOps4 would read:
 #     `{ members.<name> = { resource = { type, provider, inputs, state,
-#     outputsSkeleton }; } or { members = ...; }; }`.
+#     outputsSkeleton }; } or { members = ...; }; }`. A resource's
+#     `outputs` are set from `outputValues` at its path, as lib.nix
+#     `makeOutputInjector` does, so its output options' defaults never
+#     apply.
 #
-# What it does not do: run anything, order resources, resolve outputs
-# lazily one by one (output values are given up front; a value that throws
-# plays an output NixOps4 does not know yet), check types of outputs the
-# way NixOps4's evaluator does. Run nix/tests/glue.nix with
+# `outputValues` comes from ./nixops4-eval.nix, the outputs fixpoint of
+# `nixops4-eval` (each output loaded on demand, known only if the provider
+# returned it), which the glue test runs around this and the real modules
+# alike. What the stand-in does not do: run anything, order resources,
+# check types of outputs the way the module system of NixOps4's
+# `outputs` submodule would. Run nix/tests/glue.nix with
 # `-I nixops4=<checkout>` to evaluate against the real modules instead.
 { lib }:
 let
@@ -52,20 +58,31 @@ let
           removeAttrs (lib.evalModules { modules = [ config.outputs ]; }).options [ "_module" ]
         );
         provider = {
-          inherit (provider) executable;
-          args = [ ];
-          type = "stdio";
+          inherit (provider) executable args type;
         };
       };
     };
 
+  # nixops4 nix/provider/provider.nix and provider-doc.nix: `name`,
+  # `description`, `sourceBaseUrl` and `sourceName` have no default
+  # (`renderProviderDocs` reads them all).
   providerModule =
     { config, ... }:
     {
       options = {
         name = mkOption { type = types.str; };
         description = mkOption { type = types.str; };
+        sourceBaseUrl = mkOption { type = types.str; };
+        sourceName = mkOption { type = types.str; };
         executable = mkOption { type = types.str; };
+        args = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+        };
+        type = mkOption {
+          type = types.str;
+          default = "stdio";
+        };
         resourceTypes = mkOption {
           type = types.lazyAttrsOf (types.submodule (resourceTypeModule config));
         };
@@ -134,6 +151,7 @@ let
           { ... }:
           {
             imports = [ config.type.outputs ];
+            # lib.nix `makeOutputInjector`: `config = outputsForThis`.
             config = lib.attrByPath path { } outputValues;
           }
         );
