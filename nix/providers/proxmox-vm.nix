@@ -16,7 +16,7 @@ in
   resourceTypes = {
     vm = {
       description = ''
-        A QEMU virtual machine on Proxmox VE, cloned from a template: CPU, memory, disks (grow only), network devices, cloud-init (user, SSH keys, IP configuration, DNS), tags, start on boot and protection, changed in place; its MAC and IP addresses and SSH host key (read through the QEMU guest agent) as outputs. A create retried after a crash adopts the VM the crashed run cloned.
+        A QEMU virtual machine on Proxmox VE, cloned from a template: CPU, memory, disks (grow only), network devices, cloud-init (user, SSH keys, IP configuration, DNS), tags, start on boot and protection, changed in place (changes that need a restart restart it, or stay pending, as `onPendingChanges` says); its MAC and IP addresses and SSH host key (read through the QEMU guest agent) as outputs. A create retried after a crash or a lost answer adopts the VM the earlier attempt cloned.
 
         Supports, beyond NixOps4 v0: delete (`xDeleteResourceRequest`), read (`xReadResourceRequest`).
       '';
@@ -119,6 +119,24 @@ in
               CPU cores per socket.
             '';
           };
+          cpu = mkOption {
+            type = types.nullOr (types.submodule {
+              options = {
+                type = mkOption {
+                  type = types.nullOr (types.str);
+                  default = null;
+                  description = ''
+                    The emulated CPU type, e.g. `host`, `x86-64-v2-AES`, `kvm64`.
+                    Changing it on a running VM needs a restart.
+                  '';
+                };
+              };
+            });
+            default = null;
+            description = ''
+              CPU settings. Unset: left as the template has them.
+            '';
+          };
           description = mkOption {
             type = types.str;
             default = "";
@@ -171,6 +189,16 @@ in
             description = ''
               The file holding the SSH host public key, read through the guest
               agent.
+            '';
+          };
+          hotplug = mkOption {
+            type = types.nullOr (types.listOf (types.str));
+            default = null;
+            description = ''
+              Hotplug features (`network`, `disk`, `cpu`, `memory`, `usb`,
+              `cloudinit`); empty turns hotplug off. `memory` needs `numa = true`.
+              Unset: left as the template has it (Proxmox's default is `network`,
+              `disk`, `usb`).
             '';
           };
           memory = mkOption {
@@ -239,11 +267,32 @@ in
               (online when it runs).
             '';
           };
+          numa = mkOption {
+            type = types.nullOr (types.bool);
+            default = null;
+            description = ''
+              NUMA emulation (needed for memory hotplug). Unset: left as the
+              template has it.
+            '';
+          };
           onBoot = mkOption {
             type = types.bool;
             default = false;
             description = ''
               Start the VM when its node boots.
+            '';
+          };
+          onPendingChanges = mkOption {
+            type = types.enum [ "restart" "keep-pending" ];
+            default = "restart";
+            description = ''
+              What to do with changes Proxmox cannot apply to the running VM
+              (cores, sockets, CPU type, memory without memory hotplug): they stay
+              pending in Proxmox until the VM restarts. `restart`: shut the VM
+              down gracefully (stopping it after `timeouts.shutdownSeconds`) and
+              start it again, only when such a change is pending. `keep-pending`:
+              leave them pending (the `pendingChanges` output and read say so)
+              until someone restarts the VM, e.g. in a maintenance window.
             '';
           };
           pool = mkOption {
@@ -478,6 +527,15 @@ in
             type = types.str;
             description = ''
               The node it runs on.
+            '';
+          };
+          pendingChanges = mkOption {
+            type = types.nullOr (types.listOf (types.str));
+            default = null;
+            description = ''
+              Inputs whose change Proxmox holds pending until the VM restarts
+              (with `onPendingChanges = "keep-pending"`), e.g. `["cores",
+              "memory"]`; empty when what runs is what the inputs say.
             '';
           };
           sshHostKey = mkOption {

@@ -11,15 +11,27 @@
 //! - configs carry a `digest`, and a stale one is refused;
 //! - `/cluster/nextid` answers a string; a missing VM is a 500; the guest
 //!   agent answers 500 until the guest has booted; shrinking is refused;
-//! - the API token is checked (401 without or with a wrong one).
+//! - the API token is checked (401 without or with a wrong one);
+//! - changes to a running VM that are not hot-pluggable stay pending until
+//!   it stops or starts (`GET .../config` has them applied, `?current=1`
+//!   not, `GET .../pending` lists both);
+//! - a clone's new config is only `lock: clone` until its first disk is
+//!   copied; linked clones and clones to another node follow upstream's
+//!   storage rules; unknown config keys are a 400;
+//! - a start or destroy sent again while the first runs ends the way
+//!   upstream's worker ends it (`already running`, `does not exist`).
+//!
+//! Every request is logged with its parameters ([`State::requests`]), and
+//! every injected fault that fires is counted ([`Pve::fired`]).
 //!
 //! A VM's guest is made up (a DHCP address, a host key derived from its
 //! VMID) unless the server was given [`Guests`], which boot a real guest
 //! when a start task ends and halt it when the VM stops or is destroyed.
 //!
-//! Faults can be injected: lock timeouts, 596, clone tasks failing on a
-//! lock, a 400 from a task status right after start, a dropped connection
-//! on a clone request (after the clone started), slow tasks.
+//! Faults can be injected: lock timeouts (in the answer or as a task's exit
+//! status), 596, clone tasks failing on a lock or a VMID clash, a 400 from
+//! a task status right after start, answers lost after the work was done
+//! (a dropped connection, or pveproxy's 596), slow tasks.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -87,16 +99,129 @@ pub struct Faults {
     pub agent_never: bool,
     /// Guests ignore shutdown requests (the task fails after its time).
     pub ignore_shutdown: bool,
+    /// Requests whose answer is lost after the server did the work: the
+    /// first request matching each entry.
+    pub lose_answer: Vec<LostAnswer>,
+    /// Tasks of a type (`qmconfig`, `qmresize`, `qmstart`, `qmshutdown`,
+    /// `qmstop`, `qmdestroy`) that end with a config lock timeout, doing
+    /// nothing, this many times.
+    pub task_lock_timeouts: BTreeMap<String, u32>,
+    /// Clone tasks whose new VMID a concurrent clone takes first: the task
+    /// ends "unable to create VM N: config file already exists" and the
+    /// VMID holds someone else's VM.
+    pub clone_task_vmid_clash: u32,
+    /// Token failures answer `Authentication failed!`, as pve-manager
+    /// 9.1.5 and later do; otherwise the older texts.
+    pub unified_auth_errors: bool,
+    /// Texts of qemu-server before 8.2.5 ("checksum missmatch").
+    pub old_texts: bool,
+    /// Config changes sent with a digest find the config changed by
+    /// someone else just before (its digest is stale), this many times.
+    pub stale_digests: u32,
 }
 
+/// An answer lost after the work: the first request with this method and
+/// a path ending in `path_suffix` (e.g. `/clone`, `/status/start`, or the
+/// VMID for a DELETE) is carried out, then answered this way.
+#[derive(Debug, Clone)]
+pub struct LostAnswer {
+    /// `GET`, `POST`, `PUT`, `DELETE`.
+    pub method: String,
+    /// How the path ends.
+    pub path_suffix: String,
+    /// How the answer is lost.
+    pub how: Loss,
+}
+
+/// How an answer is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loss {
+    /// The connection drops (reset mid-answer).
+    Drop,
+    /// pveproxy gave up waiting for pvedaemon (its proxy timeout is 30 s)
+    /// and answers 596 while the work goes on.
+    Proxy596,
+}
+
+impl LostAnswer {
+    /// The first `method` request whose path ends in `path_suffix`.
+    pub fn new(method: &str, path_suffix: &str, how: Loss) -> LostAnswer {
+        LostAnswer {
+            method: method.into(),
+            path_suffix: path_suffix.into(),
+            how,
+        }
+    }
+}
+
+/// One authenticated request: method, path (after `/api2/json/`), and its
+/// query and form parameters.
+#[derive(Debug, Clone)]
+pub struct Logged {
+    /// The HTTP method.
+    pub method: String,
+    /// The path after `/api2/json/`.
+    pub path: String,
+    /// Query and form parameters.
+    pub params: BTreeMap<String, String>,
+}
+
+/// A VM (or template) of the test server.
 #[derive(Debug, Clone)]
 pub struct Vm {
+    /// The node its config is on.
     pub node: String,
+    /// The current configuration: what runs (`GET .../config?current=1`).
     pub config: Map<String, Value>,
+    /// Changes waiting for the next stop or start (qemu-server's
+    /// `[PENDING]` section): new values.
+    pub pending: Map<String, Value>,
+    /// Keys waiting to be removed at the next stop or start.
+    pub pending_delete: Vec<String>,
+    /// A clone's real config, written when its first disk is copied
+    /// (until then the config is only `lock: clone`).
+    staged: Option<(Instant, Map<String, Value>)>,
+    /// Whether it runs.
     pub running: bool,
     pub booted_at: Option<Instant>,
     /// The real guest running in the VM, when the server has [`Guests`].
     pub guest: Option<Guest>,
+}
+
+impl Vm {
+    fn new(node: &str, config: Map<String, Value>) -> Vm {
+        Vm {
+            node: node.into(),
+            config,
+            pending: Map::new(),
+            pending_delete: Vec::new(),
+            staged: None,
+            running: false,
+            booted_at: None,
+            guest: None,
+        }
+    }
+
+    /// The configuration with pending changes applied (`GET .../config`).
+    pub fn effective(&self) -> Map<String, Value> {
+        let mut config = self.config.clone();
+        for key in &self.pending_delete {
+            config.remove(key);
+        }
+        for (k, v) in &self.pending {
+            config.insert(k.clone(), v.clone());
+        }
+        config
+    }
+
+    /// Applies the pending changes, as qemu-server's
+    /// `vmconfig_apply_pending` does when the VM stops (`vm_stop_cleanup`)
+    /// or starts (`vm_start_nolock`).
+    fn apply_pending(&mut self) {
+        self.config = self.effective();
+        self.pending.clear();
+        self.pending_delete.clear();
+    }
 }
 
 /// A booted guest, as its QEMU guest agent reports it.
@@ -131,7 +256,9 @@ impl std::fmt::Debug for GuestHook {
 #[derive(Debug)]
 enum Effect {
     None,
-    CloneDone(u32),
+    /// The clone's task ends: the lock goes, the config moves to the
+    /// target node, the VM joins the pool.
+    CloneDone(u32, String, Option<String>),
     CloneFailed(u32),
     Start(u32),
     Stop(u32),
@@ -151,12 +278,20 @@ struct Task {
     status_400: bool,
 }
 
+/// What the server holds; [`Pve::with`] gives access.
 #[derive(Debug, Default)]
 pub struct State {
+    /// VMs and templates by VMID.
     pub vms: BTreeMap<u32, Vm>,
     tasks: HashMap<String, Task>,
     /// `METHOD path` of every authenticated request, in order.
     pub log: Vec<String>,
+    /// Every authenticated request with its parameters, in order.
+    pub requests: Vec<Logged>,
+    /// How often each injected fault fired, by name (see [`Pve::fired`]).
+    pub fired: BTreeMap<String, u32>,
+    /// Resource pools and their members.
+    pub pools: BTreeMap<String, Vec<u32>>,
     pub timing: Timing,
     pub faults: Faults,
     counter: u64,
@@ -269,7 +404,21 @@ impl Pve {
             thread: Some(thread),
         };
         pve.add_template(9000, "debian-12", "pve1");
+        pve.with(|s| s.pools.insert("operators".into(), Vec::new()));
         pve
+    }
+
+    /// How often the injected fault `name` fired: `lock_timeout`,
+    /// `unavailable`, `clone_task_lock_timeout`, `task_status_400`,
+    /// `lost_answer_drop`, `lost_answer_596`, `task_lock_timeout:<type>`,
+    /// `clone_task_vmid_clash`, `fail_next_task`, `stale_digest`.
+    pub fn fired(&self, name: &str) -> u32 {
+        self.with(|s| s.fired.get(name).copied().unwrap_or(0))
+    }
+
+    /// The requests so far with their parameters, and clears them.
+    pub fn take_requests(&self) -> Vec<Logged> {
+        self.with(|s| std::mem::take(&mut s.requests))
     }
 
     /// The `proxmox` input for this server, pinned to its certificate.
@@ -298,16 +447,8 @@ impl Pve {
             "vmgenid": "5c0a0f7e-3b2d-4c1a-8e9f-7d6b5a4c3e21",
         });
         self.with(|s| {
-            s.vms.insert(
-                vmid,
-                Vm {
-                    node: node.into(),
-                    config: config.as_object().unwrap().clone(),
-                    running: false,
-                    booted_at: None,
-                    guest: None,
-                },
-            );
+            s.vms
+                .insert(vmid, Vm::new(node, config.as_object().unwrap().clone()));
         });
     }
 
@@ -475,16 +616,48 @@ async fn handle(
         let legacy = state.faults.legacy_errors;
         let answer = match auth.as_deref() {
             None => fail(401, "No ticket"),
+            // pve-manager 9.1.5 "unify error message in case of auth
+            // failure" (PVE/HTTPServer.pm, auth_handler); older versions
+            // answer PVE::AccessControl::verify_token's own text.
             Some(a) if a != format!("PVEAPIToken={TOKEN_ID}={TOKEN_SECRET}") => {
-                fail(401, "invalid token value!")
+                if state.faults.unified_auth_errors {
+                    fail(401, "Authentication failed!")
+                } else {
+                    fail(401, "invalid token value!")
+                }
             }
             Some(_) => {
                 state.log.push(format!("{method} {path}"));
+                state.requests.push(Logged {
+                    method: method.clone(),
+                    path: path.clone(),
+                    params: params.clone(),
+                });
                 if state.faults.unavailable > 0 {
                     state.faults.unavailable -= 1;
+                    state.fire("unavailable");
                     fail(596, "Connection timed out")
                 } else {
-                    state.route(&method, &path, &params)
+                    let answer = state.route(&method, &path, &params);
+                    // The work is done; the answer may still be lost on the
+                    // way back (pve-http-server's proxy_request gives up
+                    // after `timeout => 30` and AnyEvent::HTTP answers 596).
+                    let lost = state
+                        .faults
+                        .lose_answer
+                        .iter()
+                        .position(|l| l.method == method && path.ends_with(&l.path_suffix));
+                    match lost.map(|i| state.faults.lose_answer.remove(i).how) {
+                        Some(Loss::Drop) => {
+                            state.fire("lost_answer_drop");
+                            Answer::Drop
+                        }
+                        Some(Loss::Proxy596) => {
+                            state.fire("lost_answer_596");
+                            fail(596, "Connection timed out")
+                        }
+                        None => answer,
+                    }
                 }
             }
         };
@@ -521,10 +694,13 @@ async fn handle(
     }
 }
 
-fn digest(config: &Map<String, Value>) -> String {
-    let mut copy = config.clone();
+/// The digest of the whole config file, `[PENDING]` section included, as
+/// qemu-server's `load_config` computes it over the file.
+fn digest(vm: &Vm) -> String {
+    let mut copy = vm.config.clone();
     copy.remove("digest");
-    let hex: String = Sha256::digest(Value::Object(copy).to_string().as_bytes())
+    let file = json!([copy, vm.pending, vm.pending_delete]);
+    let hex: String = Sha256::digest(file.to_string().as_bytes())
         .iter()
         .take(20)
         .map(|b| format!("{b:02x}"))
@@ -569,10 +745,160 @@ fn set_size(drive: &str, gib: u64) -> String {
 
 const NODES: [&str; 2] = ["pve1", "pve2"];
 
+/// The cluster's storages and whether each is shared (reachable from every
+/// node): `local` and `local-lvm` as on a fresh node, `fast` a local
+/// LVM-thin, `ceph` shared RBD.
+const STORAGES: [(&str, bool); 4] = [
+    ("local", false),
+    ("local-lvm", false),
+    ("fast", false),
+    ("ceph", true),
+];
+
+/// Options qemu-server applies to a running VM at once
+/// (`$fast_plug_option` in PVE/QemuServer.pm, plus the cloud-init options
+/// of `$confdesc_cloudinit`).
+const FAST_PLUG: [&str; 22] = [
+    "description",
+    "hookscript",
+    "lock",
+    "migrate_downtime",
+    "migrate_speed",
+    "name",
+    "onboot",
+    "protection",
+    "shares",
+    "startup",
+    "tags",
+    "vmstatestorage",
+    "cicustom",
+    "cipassword",
+    "citype",
+    "ciupgrade",
+    "ciuser",
+    "nameserver",
+    "searchdomain",
+    "sshkeys",
+    "cpuunits",
+    "cpulimit",
+];
+
+/// The config keys `POST .../config` accepts (a subset of qemu-server's
+/// `$confdesc` with `additionalProperties => 0`), with the numbered ones
+/// by prefix.
+const CONFIG_KEYS: [&str; 26] = [
+    "name",
+    "description",
+    "tags",
+    "cores",
+    "sockets",
+    "vcpus",
+    "memory",
+    "balloon",
+    "shares",
+    "cpu",
+    "numa",
+    "hotplug",
+    "onboot",
+    "protection",
+    "agent",
+    "ostype",
+    "scsihw",
+    "boot",
+    "ciuser",
+    "cipassword",
+    "sshkeys",
+    "nameserver",
+    "searchdomain",
+    "smbios1",
+    "vmgenid",
+    "citype",
+];
+const NUMBERED_KEYS: [&str; 7] = [
+    "net", "scsi", "virtio", "sata", "ide", "ipconfig", "efidisk",
+];
+/// Parameters of `POST .../config` that are not config keys.
+const CONFIG_PARAMS: [&str; 5] = ["delete", "digest", "background_delay", "revert", "skiplock"];
+
+fn known_config_key(key: &str) -> bool {
+    CONFIG_KEYS.contains(&key)
+        || NUMBERED_KEYS.iter().any(|p| {
+            key.strip_prefix(p)
+                .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+        })
+}
+
+/// The hotplug features of a config (`parse_hotplug_features` in
+/// PVE/QemuServer.pm: unset or `1` is the default `network,disk,usb`, `0`
+/// none).
+fn hotplug_features(config: &Map<String, Value>) -> Vec<String> {
+    let value = text(config, "hotplug").unwrap_or_else(|| "1".into());
+    match value.as_str() {
+        "0" => Vec::new(),
+        "1" => vec!["network".into(), "disk".into(), "usb".into()],
+        list => list.split(',').map(str::to_string).collect(),
+    }
+}
+
+/// Whether qemu-server applies this change to a running VM now, or leaves
+/// it pending (`vmconfig_hotplug_pending` in PVE/QemuServer.pm: `die
+/// "skip\n"` keeps an option pending). `new` is `None` for a removal.
+fn hot_pluggable(config: &Map<String, Value>, key: &str, new: Option<&str>) -> bool {
+    let features = hotplug_features(config);
+    let has = |f: &str| features.iter().any(|x| x == f);
+    let numbered = |p: &str| {
+        key.strip_prefix(p)
+            .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+    };
+    if FAST_PLUG.contains(&key) || numbered("ipconfig") {
+        return true;
+    }
+    match key {
+        // Turning the balloon device on or off is not hot-pluggable.
+        "balloon" => {
+            let on = |v: Option<String>| v.is_none_or(|v| v != "0");
+            on(text(config, "balloon")) == on(new.map(str::to_string))
+        }
+        // Memory hotplug needs NUMA (PVE/QemuServer/Memory.pm,
+        // qemu_memory_hotplug: "NUMA needs to be enabled for memory
+        // hotplug").
+        "memory" => has("memory") && text(config, "numa").as_deref() == Some("1"),
+        "vcpus" => has("cpu"),
+        "hotplug" => {
+            let old = text(config, "hotplug").unwrap_or_default();
+            let new = new.unwrap_or_default();
+            ![old.as_str(), new]
+                .iter()
+                .any(|v| v.contains("memory") || v.contains("cpu"))
+        }
+        _ if numbered("net") => {
+            // vmconfig_update_net: bridge, tag, firewall, rate and
+            // link_down change live; a new model or MAC needs network
+            // hotplug.
+            has("network")
+                || new.is_some_and(|n| {
+                    let head = |v: &str| v.split(',').next().unwrap_or("").to_lowercase();
+                    text(config, key).is_some_and(|old| head(&old) == head(n))
+                })
+        }
+        // The cloud-init drive is regenerated last, whatever the slot.
+        _ if new.is_some_and(|n| n.contains("cloudinit")) => true,
+        _ if numbered("scsi") || numbered("virtio") => has("disk"),
+        // ide, sata, efidisk and everything else: pending.
+        _ => false,
+    }
+}
+
 impl State {
     /// Finishes the tasks whose time is up, applying their effects.
     fn settle(&mut self) {
         let now = Instant::now();
+        // clone_vm writes the clone's config after its first disk is copied.
+        for vm in self.vms.values_mut() {
+            if vm.staged.as_ref().is_some_and(|(at, _)| *at <= now) {
+                vm.config = vm.staged.take().unwrap().1;
+            }
+        }
         let due: Vec<String> = self
             .tasks
             .iter()
@@ -587,9 +913,17 @@ impl State {
             let agent_never = self.faults.agent_never;
             match effect {
                 Effect::None => {}
-                Effect::CloneDone(id) => {
+                Effect::CloneDone(id, target, pool) => {
                     if let Some(vm) = self.vms.get_mut(&id) {
+                        if let Some((_, config)) = vm.staged.take() {
+                            vm.config = config;
+                        }
                         vm.config.remove("lock");
+                        // The config moves to the target node last.
+                        vm.node = target;
+                    }
+                    if let Some(pool) = pool {
+                        self.pools.entry(pool).or_default().push(id);
                     }
                 }
                 Effect::CloneFailed(id) => {
@@ -597,6 +931,7 @@ impl State {
                 }
                 Effect::Start(id) => {
                     if let Some(vm) = self.vms.get_mut(&id) {
+                        vm.apply_pending();
                         vm.running = true;
                         vm.booted_at = (!agent_never).then(|| end + boot);
                         if let Some(GuestHook(guests)) = &mut self.guests {
@@ -613,6 +948,9 @@ impl State {
                 }
                 Effect::Stop(id) => {
                     if let Some(vm) = self.vms.get_mut(&id) {
+                        // _do_vm_stop -> vm_stop_cleanup(..., 1) applies
+                        // what was pending.
+                        vm.apply_pending();
                         vm.running = false;
                         vm.booted_at = None;
                         if vm.guest.take().is_some()
@@ -624,6 +962,9 @@ impl State {
                 }
                 Effect::Destroy(id) => {
                     self.vms.remove(&id);
+                    for members in self.pools.values_mut() {
+                        members.retain(|m| *m != id);
+                    }
                     if let Some(GuestHook(guests)) = &mut self.guests {
                         guests.destroy(id);
                     }
@@ -638,6 +979,10 @@ impl State {
         }
     }
 
+    /// Starts a task, which may end as an injected fault says: a config
+    /// lock timeout (for tasks whose worker takes the lock, as
+    /// `update_vm_api`, `resize_vm`, `vm_start`, `vm_shutdown`, `vm_stop`
+    /// and `destroy_vm` do in PVE/API2/Qemu.pm) or `fail_next_task`.
     fn task(
         &mut self,
         node: &str,
@@ -645,6 +990,32 @@ impl State {
         id: u32,
         duration: Duration,
         effect: Effect,
+    ) -> Answer {
+        let (exit, effect) = if self.take_task_lock_timeout(kind) {
+            (lock_timeout_text(id), Effect::None)
+        } else {
+            match self.faults.fail_next_task.take() {
+                Some((k, exit)) if k == kind => {
+                    self.fire("fail_next_task");
+                    (exit, Effect::None)
+                }
+                other => {
+                    self.faults.fail_next_task = other;
+                    ("OK".to_string(), effect)
+                }
+            }
+        };
+        self.new_task(node, kind, id, duration, effect, exit)
+    }
+
+    fn new_task(
+        &mut self,
+        node: &str,
+        kind: &str,
+        id: u32,
+        duration: Duration,
+        effect: Effect,
+        exit: String,
     ) -> Answer {
         self.counter += 1;
         let starttime = SystemTime::now()
@@ -656,16 +1027,10 @@ impl State {
             4000 + self.counter,
             self.counter * 7919
         );
-        let (exit, effect) = match self.faults.fail_next_task.take() {
-            Some((k, exit)) if k == kind => (exit, Effect::None),
-            other => {
-                self.faults.fail_next_task = other;
-                ("OK".to_string(), effect)
-            }
-        };
         let status_400 = self.faults.task_status_400 > 0;
         if status_400 {
             self.faults.task_status_400 -= 1;
+            self.fire("task_status_400");
         }
         self.tasks.insert(
             upid.clone(),
@@ -681,6 +1046,38 @@ impl State {
             },
         );
         ok(json!(upid))
+    }
+
+    /// Counts a fault that fired.
+    fn fire(&mut self, name: &str) {
+        *self.fired.entry(name.to_string()).or_default() += 1;
+    }
+
+    /// Whether the next task of `kind` is to end on a config lock timeout
+    /// (the fault counts down and is counted as fired).
+    fn take_task_lock_timeout(&mut self, kind: &str) -> bool {
+        match self.faults.task_lock_timeouts.get_mut(kind) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                self.fire(&format!("task_lock_timeout:{kind}"));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A task of `kind` on `id` that is still running.
+    fn active_task(&self, kind: &str, id: u32) -> bool {
+        let id = id.to_string();
+        self.tasks
+            .values()
+            .any(|t| !t.done && t.kind == kind && t.id == id)
+    }
+
+    /// A task that ends with `exit` and does nothing.
+    fn failing_task(&mut self, node: &str, kind: &str, id: u32, exit: String) -> Answer {
+        let duration = self.timing.task;
+        self.new_task(node, kind, id, duration, Effect::None, exit)
     }
 
     fn next_mac(&mut self) -> String {
@@ -724,17 +1121,58 @@ impl State {
             ("GET", ["cluster", "resources"]) => ok(Value::Array(
                 self.vms
                     .iter()
-                    .map(|(id, vm)| json!({
-                        "id": format!("qemu/{id}"), "type": "qemu", "vmid": id, "node": vm.node,
-                        "name": text(&vm.config, "name").unwrap_or_default(),
-                        "status": if vm.running { "running" } else { "stopped" },
-                        "template": if vm.config.contains_key("template") { 1 } else { 0 },
-                        "maxmem": 2147483648u64, "maxcpu": 1, "maxdisk": 4294967296u64,
-                        "mem": 0, "cpu": 0, "disk": 0, "uptime": 0,
-                        "netin": 0, "netout": 0, "diskread": 0, "diskwrite": 0,
-                    }))
+                    .map(|(id, vm)| {
+                        // PVE/QemuServer.pm, vmstatus: `name` is "VM N"
+                        // while the config has none (a clone's temporary
+                        // file), and `lock` is shown when set.
+                        let mut entry = json!({
+                            "id": format!("qemu/{id}"), "type": "qemu", "vmid": id, "node": vm.node,
+                            "name": text(&vm.config, "name").unwrap_or_else(|| format!("VM {id}")),
+                            "status": if vm.running { "running" } else { "stopped" },
+                            "template": if vm.config.contains_key("template") { 1 } else { 0 },
+                            "maxmem": 2147483648u64, "maxcpu": 1, "maxdisk": 4294967296u64,
+                            "mem": 0, "cpu": 0, "disk": 0, "uptime": 0,
+                            "netin": 0, "netout": 0, "diskread": 0, "diskwrite": 0,
+                        });
+                        if let Some(lock) = text(&vm.config, "lock") {
+                            entry["lock"] = json!(lock);
+                        }
+                        if let Some((pool, _)) = self.pools.iter().find(|(_, m)| m.contains(id)) {
+                            entry["pool"] = json!(pool);
+                        }
+                        entry
+                    })
                     .collect(),
             )),
+            // PVE/API2/Tasks.pm, node_tasks: `source=active` lists the
+            // running ones; finished ones carry `status` (the exit status)
+            // and `endtime`.
+            ("GET", ["nodes", node, "tasks"]) => {
+                let mut list: Vec<(u64, Value)> = self
+                    .tasks
+                    .iter()
+                    .filter(|(upid, t)| {
+                        upid.starts_with(&format!("UPID:{node}:"))
+                            && params.get("typefilter").is_none_or(|k| *k == t.kind)
+                            && params.get("vmid").is_none_or(|v| *v == t.id)
+                            && (params.get("source").map(String::as_str) != Some("active") || !t.done)
+                    })
+                    .map(|(upid, t)| {
+                        let mut entry = json!({
+                            "upid": upid, "node": node, "pid": 4000, "pstart": 123456,
+                            "starttime": t.starttime, "type": t.kind, "id": t.id,
+                            "user": TOKEN_ID,
+                        });
+                        if t.done {
+                            entry["status"] = json!(t.exit);
+                            entry["endtime"] = json!(t.starttime + 1);
+                        }
+                        (t.starttime, entry)
+                    })
+                    .collect();
+                list.sort_by_key(|(start, _)| std::cmp::Reverse(*start));
+                ok(Value::Array(list.into_iter().map(|(_, e)| e).collect()))
+            }
             ("GET", ["nodes", node, "tasks", upid, "status"]) => {
                 let Some(task) = self.tasks.get_mut(*upid) else {
                     return fail(500, format!("unable to parse worker upid '{upid}'"));
@@ -779,34 +1217,113 @@ impl State {
         let vm = self.vms.get(&vmid).unwrap().clone();
         let locked = text(&vm.config, "lock");
         match (method, rest) {
+            // PVE/API2/Qemu.pm, vm_config: pending changes applied, unless
+            // `current=1`.
             ("GET", ["config"]) => {
-                let mut config = vm.config.clone();
-                config.insert("digest".into(), json!(digest(&vm.config)));
+                let current = params.get("current").is_some_and(|c| c == "1");
+                let mut config = if current {
+                    vm.config.clone()
+                } else {
+                    vm.effective()
+                };
+                config.insert("digest".into(), json!(digest(&vm)));
                 ok(Value::Object(config))
             }
+            // PVE/API2/Qemu.pm, vm_pending (PVE::GuestHelpers::
+            // config_with_pending_array): one entry per key, with `value`
+            // (current), `pending` and `delete` where they apply.
+            ("GET", ["pending"]) => {
+                let mut keys: Vec<&String> = vm
+                    .config
+                    .keys()
+                    .chain(vm.pending.keys())
+                    .chain(vm.pending_delete.iter())
+                    .collect();
+                keys.sort();
+                keys.dedup();
+                let mut list: Vec<Value> = keys
+                    .into_iter()
+                    .map(|k| {
+                        let mut entry = json!({"key": k});
+                        if let Some(v) = vm.config.get(k) {
+                            entry["value"] = v.clone();
+                        }
+                        if let Some(v) = vm.pending.get(k) {
+                            entry["pending"] = v.clone();
+                        }
+                        if vm.pending_delete.contains(k) {
+                            entry["delete"] = json!(1);
+                        }
+                        entry
+                    })
+                    .collect();
+                list.push(json!({"key": "digest", "value": digest(&vm)}));
+                ok(Value::Array(list))
+            }
             ("POST", ["config"]) => {
+                // The API schema has `additionalProperties => 0`
+                // (PVE::JSONSchema::validate: "property is not defined in
+                // schema and the schema does not allow additional
+                // properties").
+                let unknown: Map<String, Value> = params
+                    .keys()
+                    .filter(|k| !known_config_key(k) && !CONFIG_PARAMS.contains(&k.as_str()))
+                    .map(|k| (k.clone(), json!("property is not defined in schema and the schema does not allow additional properties")))
+                    .collect();
+                if !unknown.is_empty() {
+                    return Answer::Reply(
+                        400,
+                        "Parameter verification failed.".into(),
+                        Value::Object(unknown),
+                    );
+                }
                 if let Some(lock) = locked {
                     return fail(500, format!("VM is locked ({lock})"));
                 }
-                if params
-                    .get("digest")
-                    .is_some_and(|d| *d != digest(&vm.config))
-                {
-                    return fail(500, "checksum mismatch (file change by other user?)");
+                // update_vm_api's load_and_check_config; qemu-server before
+                // 8.2.5 ("fix typos in user-visible strings") said
+                // "missmatch".
+                let stale = self.faults.stale_digests > 0 && params.contains_key("digest");
+                if stale {
+                    // Someone else changed the config meanwhile.
+                    self.faults.stale_digests -= 1;
+                    self.fire("stale_digest");
+                    let other = self.next_mac();
+                    self.vms
+                        .get_mut(&vmid)
+                        .unwrap()
+                        .config
+                        .insert("vmgenid".into(), json!(other));
                 }
-                let mut config = vm.config.clone();
+                if stale || params.get("digest").is_some_and(|d| *d != digest(&vm)) {
+                    return fail(
+                        500,
+                        if self.faults.old_texts {
+                            "checksum missmatch (file change by other user?)"
+                        } else {
+                            "checksum mismatch (file change by other user?)"
+                        },
+                    );
+                }
+                // The worker takes the config lock before it changes
+                // anything (`lock_config($vmid, $updatefn)`).
+                if self.take_task_lock_timeout("qmconfig") {
+                    return self.failing_task(node, "qmconfig", vmid, lock_timeout_text(vmid));
+                }
+                let mut config = vm.effective();
                 let mut disk_index = 1 + config
                     .keys()
                     .filter(|k| {
                         k.starts_with("scsi") || k.starts_with("virtio") || k.starts_with("sata")
                     })
                     .count();
+                let mut changes: Vec<(String, Option<Value>)> = Vec::new();
                 for (key, value) in params {
                     match key.as_str() {
-                        "digest" | "background_delay" => {}
+                        "digest" | "background_delay" | "revert" | "skiplock" => {}
                         "delete" => {
-                            for k in value.split(',') {
-                                config.remove(k);
+                            for k in value.split(',').filter(|k| !k.is_empty()) {
+                                changes.push((k.to_string(), None));
                             }
                         }
                         k if k.starts_with("net") => {
@@ -817,7 +1334,7 @@ impl State {
                             } else {
                                 value.clone()
                             };
-                            config.insert(k.into(), json!(value));
+                            changes.push((k.into(), Some(json!(value))));
                         }
                         "tags" => {
                             let mut tags: Vec<&str> = value
@@ -825,22 +1342,19 @@ impl State {
                                 .filter(|t| !t.is_empty())
                                 .collect();
                             tags.sort();
-                            config.insert("tags".into(), json!(tags.join(";")));
+                            changes.push(("tags".into(), Some(json!(tags.join(";")))));
                         }
-                        "cores" | "sockets" | "balloon" | "onboot" | "protection" => {
-                            match value.parse::<u64>() {
-                                Ok(n) => {
-                                    config.insert(key.clone(), json!(n));
-                                }
-                                Err(_) => {
-                                    return Answer::Reply(
-                                        400,
-                                        "Parameter verification failed.".into(),
-                                        json!({key.as_str(): format!("type check ('integer') failed - got '{value}'")}),
-                                    );
-                                }
+                        "cores" | "sockets" | "vcpus" | "balloon" | "onboot" | "protection"
+                        | "numa" => match value.parse::<u64>() {
+                            Ok(n) => changes.push((key.clone(), Some(json!(n)))),
+                            Err(_) => {
+                                return Answer::Reply(
+                                    400,
+                                    "Parameter verification failed.".into(),
+                                    json!({key.as_str(): format!("type check ('integer') failed - got '{value}'")}),
+                                );
                             }
-                        }
+                        },
                         k => {
                             let value = match value.split_once(':') {
                                 Some((storage, "cloudinit")) => {
@@ -855,16 +1369,63 @@ impl State {
                                 }
                                 _ => value.clone(),
                             };
-                            config.insert(k.into(), json!(value));
+                            changes.push((k.into(), Some(json!(value))));
                         }
                     }
                 }
-                self.vms.get_mut(&vmid).unwrap().config = config;
+                let vm = self.vms.get_mut(&vmid).unwrap();
+                if !vm.running {
+                    // vmconfig_apply_pending: a stopped VM takes everything.
+                    for (k, v) in changes {
+                        match v {
+                            Some(v) => config.insert(k, v),
+                            None => config.remove(&k),
+                        };
+                    }
+                    vm.config = config;
+                    vm.pending.clear();
+                    vm.pending_delete.clear();
+                } else {
+                    // Every change goes to [PENDING] first; then
+                    // vmconfig_hotplug_pending applies what it can.
+                    for (k, v) in changes {
+                        let new = v.as_ref().map(|v| match v {
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        });
+                        let unchanged = vm.config.get(&k) == v.as_ref();
+                        vm.pending.remove(&k);
+                        vm.pending_delete.retain(|d| *d != k);
+                        if unchanged {
+                            continue;
+                        }
+                        if hot_pluggable(&vm.config, &k, new.as_deref()) {
+                            match v {
+                                Some(v) => vm.config.insert(k, v),
+                                None => vm.config.remove(&k),
+                            };
+                        } else {
+                            match v {
+                                Some(v) => {
+                                    vm.pending.insert(k, v);
+                                }
+                                None => vm.pending_delete.push(k),
+                            }
+                        }
+                    }
+                }
                 self.task(node, "qmconfig", vmid, timing.task, Effect::None)
             }
             ("PUT", ["resize"]) => {
                 if let Some(lock) = locked {
                     return fail(500, format!("VM is locked ({lock})"));
+                }
+                // resize_vm: PVE::Tools::assert_if_modified.
+                if params.get("digest").is_some_and(|d| *d != digest(&vm)) {
+                    return fail(
+                        500,
+                        "detected modified configuration - file changed by other user? Try again.",
+                    );
                 }
                 let disk = params.get("disk").cloned().unwrap_or_default();
                 let Some(drive) = text(&vm.config, &disk) else {
@@ -891,6 +1452,11 @@ impl State {
                 if new < current {
                     return fail(500, "shrinking disks is not supported");
                 }
+                // The worker takes the config lock (since qemu-server 8.0.2
+                // resize runs as a task).
+                if self.take_task_lock_timeout("qmresize") {
+                    return self.failing_task(node, "qmresize", vmid, lock_timeout_text(vmid));
+                }
                 let drive = set_size(&drive, new >> 30);
                 self.vms
                     .get_mut(&vmid)
@@ -899,6 +1465,11 @@ impl State {
                     .insert(disk, json!(drive));
                 self.task(node, "qmresize", vmid, timing.task, Effect::None)
             }
+            // PVE/API2/Qemu.pm, clone_vm: `$load_and_check` runs before the
+            // fork and again in the worker; the worker writes "# qmclone
+            // temporary file\nlock: clone\n" first and the config (name,
+            // description, drives) after each copied disk; the config moves
+            // to the target node and the VM joins the pool at the end.
             ("POST", ["clone"]) => {
                 let Some(newid) = params.get("newid").and_then(|n| n.parse::<u32>().ok()) else {
                     return Answer::Reply(
@@ -909,42 +1480,91 @@ impl State {
                 };
                 if self.faults.lock_timeouts > 0 {
                     self.faults.lock_timeouts -= 1;
-                    return fail(
-                        500,
-                        format!(
-                            "can't lock file '/var/lock/qemu-server/lock-{vmid}.conf' - got timeout"
-                        ),
-                    );
+                    self.fire("lock_timeout");
+                    return fail(500, lock_timeout_text(vmid));
                 }
+                // PVE::Cluster::check_vmid_unused.
                 if let Some(existing) = self.vms.get(&newid) {
                     return fail(
                         500,
                         format!("VM {newid} already exists on node '{}'", existing.node),
                     );
                 }
-                let target = params
-                    .get("target")
-                    .cloned()
-                    .unwrap_or_else(|| node.to_string());
+                if let Some(pool) = params.get("pool")
+                    && !self.pools.contains_key(pool)
+                {
+                    return fail(500, format!("pool '{pool}' does not exist"));
+                }
+                let target = params.get("target").filter(|t| *t != node).cloned();
+                if let Some(t) = &target
+                    && !NODES.contains(&t.as_str())
+                {
+                    return fail(500, format!("no such cluster node '{t}'"));
+                }
+                let storage = params.get("storage").cloned();
+                let shared = |sid: &str| STORAGES.iter().any(|(s, shared)| *s == sid && *shared);
+                if let Some(sid) = &storage {
+                    if !STORAGES.iter().any(|(s, _)| s == sid) {
+                        return fail(500, format!("storage '{sid}' does not exist"));
+                    }
+                    if target.is_some() && !shared(sid) {
+                        return fail(500, format!("can't clone to non-shared storage '{sid}'"));
+                    }
+                }
+                let is_template = vm.config.contains_key("template");
+                let full = params.get("full").map(|f| f == "1").unwrap_or(!is_template);
+                if storage.is_some() && !full {
+                    return fail(500, "parameter 'storage' not allowed for linked clones");
+                }
+                let drives: Vec<(String, String)> = vm
+                    .config
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        let v = v.as_str()?;
+                        (v.contains(&format!("-{vmid}-")) && !v.contains("media=cdrom"))
+                            .then(|| (k.clone(), v.to_string()))
+                    })
+                    .collect();
+                // $check_storage_access_clone: shared only when every disk is.
+                let sharedvm = drives
+                    .iter()
+                    .all(|(_, d)| shared(d.split(':').next().unwrap_or("")));
+                if let Some(t) = &target
+                    && !sharedvm
+                {
+                    return fail(
+                        500,
+                        format!("can't clone VM to node '{t}' (VM uses local storage)"),
+                    );
+                }
                 let mut config = vm.config.clone();
                 config.remove("template");
                 for (key, value) in config.iter_mut() {
                     let Some(drive) = value.as_str() else {
                         continue;
                     };
-                    if drive.contains(&format!("-{vmid}-")) {
-                        let mut drive = drive
-                            .replace(&format!("base-{vmid}-"), &format!("vm-{newid}-"))
-                            .replace(&format!("vm-{vmid}-"), &format!("vm-{newid}-"));
-                        if let Some(storage) = params.get("storage")
-                            && let Some((_, rest)) = drive.split_once(':')
-                        {
-                            drive = format!("{storage}:{rest}");
-                        }
-                        *value = json!(drive);
-                    } else if key.starts_with("net") {
-                        let _ = key;
+                    if !drive.contains(&format!("-{vmid}-")) {
+                        continue;
                     }
+                    let (sid, volume) = drive.split_once(':').unwrap_or(("local-lvm", drive));
+                    let (volume, options) = volume.split_once(',').unwrap_or((volume, ""));
+                    let own = volume
+                        .replace(&format!("base-{vmid}-"), &format!("vm-{newid}-"))
+                        .replace(&format!("vm-{vmid}-"), &format!("vm-{newid}-"));
+                    let cdrom = options.contains("media=cdrom");
+                    // A linked clone's volume names its base
+                    // (`base-9000-disk-0/vm-101-disk-0`); a full one is a copy.
+                    let volume = if full || cdrom || key.starts_with("efidisk") {
+                        own
+                    } else {
+                        format!("{volume}/{own}")
+                    };
+                    let sid = storage.as_deref().filter(|_| !cdrom).unwrap_or(sid);
+                    *value = json!(if options.is_empty() {
+                        format!("{sid}:{volume}")
+                    } else {
+                        format!("{sid}:{volume},{options}")
+                    });
                 }
                 let nets: Vec<String> = config
                     .keys()
@@ -969,40 +1589,51 @@ impl State {
                     config.insert("description".into(), json!(d));
                 }
                 config.insert("lock".into(), json!("clone"));
-                self.vms.insert(
-                    newid,
-                    Vm {
-                        node: target,
-                        config,
-                        running: false,
-                        booted_at: None,
-                        guest: None,
-                    },
-                );
-                let effect = if self.faults.clone_task_lock_timeouts > 0 {
-                    self.faults.clone_task_lock_timeouts -= 1;
-                    self.faults.fail_next_task = Some((
-                        "qmclone".into(),
-                        format!(
-                            "clone failed: can't lock file '/var/lock/qemu-server/lock-{vmid}.conf' - got timeout"
-                        ),
-                    ));
-                    Effect::CloneFailed(newid)
-                } else {
-                    Effect::CloneDone(newid)
-                };
-                let failing = matches!(effect, Effect::CloneFailed(_));
-                let answer = self.task(node, "qmclone", vmid, timing.clone, effect);
-                if failing {
-                    // The failed clone is cleaned up when its task ends.
-                    let upid = match &answer {
-                        Answer::Reply(_, _, b) => b["data"].as_str().unwrap().to_string(),
-                        Answer::Drop => unreachable!(),
-                    };
-                    self.tasks.get_mut(&upid).unwrap().effect = Effect::CloneFailed(newid);
+                if self.faults.clone_task_vmid_clash > 0 {
+                    // A concurrent clone wrote the VMID's config first; the
+                    // worker's second $load_and_check dies.
+                    self.faults.clone_task_vmid_clash -= 1;
+                    self.fire("clone_task_vmid_clash");
+                    let mut other = Map::new();
+                    other.insert("name".into(), json!("someone-elses-clone"));
+                    other.insert("memory".into(), json!("1024"));
+                    self.vms.insert(newid, Vm::new(node, other));
+                    return self.failing_task(
+                        node,
+                        "qmclone",
+                        vmid,
+                        format!("unable to create VM {newid}: config file already exists"),
+                    );
                 }
+                let mut temporary = Map::new();
+                temporary.insert("lock".into(), json!("clone"));
+                let mut new_vm = Vm::new(node, temporary);
+                // The first disk is copied half-way through the clone.
+                new_vm.staged = Some((Instant::now() + timing.clone / 2, config));
+                self.vms.insert(newid, new_vm);
+                let failing = self.faults.clone_task_lock_timeouts > 0;
+                if failing {
+                    self.faults.clone_task_lock_timeouts -= 1;
+                    self.fire("clone_task_lock_timeout");
+                    // The worker unlinks the config and dies "clone failed: ...".
+                    return self.new_task(
+                        node,
+                        "qmclone",
+                        vmid,
+                        timing.clone,
+                        Effect::CloneFailed(newid),
+                        format!("clone failed: {}", lock_timeout_text(vmid)),
+                    );
+                }
+                let effect = Effect::CloneDone(
+                    newid,
+                    target.unwrap_or_else(|| node.to_string()),
+                    params.get("pool").cloned(),
+                );
+                let answer = self.task(node, "qmclone", vmid, timing.clone, effect);
                 if self.faults.drop_next_clone {
                     self.faults.drop_next_clone = false;
+                    self.fire("lost_answer_drop");
                     return Answer::Drop;
                 }
                 answer
@@ -1012,9 +1643,11 @@ impl State {
                     return fail(500, format!("VM is locked ({lock})"));
                 }
                 match *action {
-                    "start" if vm.running => self
-                        .task(node, "qmstart", vmid, timing.task, Effect::None)
-                        .with_exit(self, "VM already running"),
+                    // PVE/QemuServer.pm, vm_start: under the config lock
+                    // (so after a start still running), `die "VM $vmid
+                    // already running\n"`.
+                    "start" if vm.running || self.active_task("qmstart", vmid) => self
+                        .failing_task(node, "qmstart", vmid, format!("VM {vmid} already running")),
                     "start" => self.task(node, "qmstart", vmid, timing.task, Effect::Start(vmid)),
                     "stop" => self.task(node, "qmstop", vmid, timing.task, Effect::Stop(vmid)),
                     "shutdown" if self.faults.ignore_shutdown => {
@@ -1066,7 +1699,10 @@ impl State {
                 )
             }
             ("DELETE", []) => {
-                if let Some(lock) = &locked {
+                // destroy_vm's $early_checks do not look at the lock; its
+                // worker does (PVE::QemuServer::destroy_vm). A destroy
+                // holds `lock: destroyed` while it runs.
+                if let Some(lock) = locked.as_ref().filter(|l| *l != "destroyed") {
                     return fail(500, format!("VM is locked ({lock})"));
                 }
                 if text(&vm.config, "protection").as_deref() == Some("1") {
@@ -1078,7 +1714,33 @@ impl State {
                 if vm.running {
                     return fail(500, format!("VM {vmid} is running - destroy failed"));
                 }
-                self.task(node, "qmdestroy", vmid, timing.task, Effect::Destroy(vmid))
+                // A DELETE sent again while the first destroy runs: its
+                // worker waits for the lock, then repeats $early_checks on
+                // a config that is gone.
+                if self.active_task("qmdestroy", vmid) {
+                    return self.failing_task(
+                        node,
+                        "qmdestroy",
+                        vmid,
+                        format!("Configuration file 'nodes/{node}/qemu-server/{vmid}.conf' does not exist"),
+                    );
+                }
+                let answer = self.task(node, "qmdestroy", vmid, timing.task, Effect::Destroy(vmid));
+                let destroying = match &answer {
+                    Answer::Reply(_, _, body) => body["data"]
+                        .as_str()
+                        .and_then(|u| self.tasks.get(u))
+                        .is_some_and(|t| matches!(t.effect, Effect::Destroy(_))),
+                    Answer::Drop => false,
+                };
+                if destroying {
+                    self.vms
+                        .get_mut(&vmid)
+                        .unwrap()
+                        .config
+                        .insert("lock".into(), json!("destroyed"));
+                }
+                answer
             }
             ("GET", ["agent", command]) => {
                 if !vm.running {
@@ -1117,16 +1779,10 @@ impl State {
     }
 }
 
-impl Answer {
-    /// Makes the task just started end with `exit`.
-    fn with_exit(self, state: &mut State, exit: &str) -> Answer {
-        if let Answer::Reply(_, _, body) = &self
-            && let Some(task) = body["data"].as_str().and_then(|u| state.tasks.get_mut(u))
-        {
-            task.exit = exit.to_string();
-        }
-        self
-    }
+/// The text of a config lock timeout (PVE::Tools::lock_file_full, as
+/// PVE::AbstractConfig::lock_config raises it).
+fn lock_timeout_text(vmid: u32) -> String {
+    format!("can't lock file '/var/lock/qemu-server/lock-{vmid}.conf' - got timeout")
 }
 
 /// The guest's SSH host key (a real guest's, or made up from the VMID and

@@ -112,6 +112,26 @@ impl CallError {
         self.status.is_some()
             && (self.reason.contains("already exists") || self.reason.contains("already in use"))
     }
+
+    /// Whether the answer was lost: no answer (connection failed, dropped
+    /// or reset mid-answer), or 596, which pveproxy answers when it gave up
+    /// waiting for pvedaemon (pve-http-server's `proxy_request`, `timeout
+    /// => 30`) while the work may go on. Either way the request may or may
+    /// not have been carried out.
+    pub fn is_lost(&self) -> bool {
+        self.status.is_none_or(|s| s.as_u16() == 596)
+    }
+
+    /// Whether Proxmox refused a stale `digest`: `update_vm_api` says
+    /// "checksum mismatch (file change by other user?)" ("missmatch" before
+    /// qemu-server 8.2.5), `PVE::Tools::assert_if_modified` "detected
+    /// modified configuration - file changed by other user? Try again.".
+    pub fn is_stale_digest(&self) -> bool {
+        self.status.is_some()
+            && (self.reason.contains("checksum mismatch")
+                || self.reason.contains("checksum missmatch")
+                || self.reason.contains("detected modified configuration"))
+    }
 }
 
 impl From<CallError> for Error {
@@ -125,8 +145,9 @@ impl From<CallError> for Error {
 pub enum Retry {
     /// Reads and settings that end the same however often they are sent.
     Idempotent,
-    /// A request that makes something (a clone): when the connection drops,
-    /// the caller must look for what it made instead.
+    /// A request that makes or destroys something (a clone, a DELETE):
+    /// when the answer is lost (no answer, or a 596), it is not sent again;
+    /// the caller must look at what happened instead.
     Once,
 }
 
@@ -142,6 +163,8 @@ pub struct Api {
     cassette: vcr::Mode,
     base: reqwest::Url,
     endpoint: String,
+    token_id: String,
+    ca_file: Option<PathBuf>,
     auth: HeaderValue,
     pin: Option<Arc<tls::PinMismatch>>,
     calls: std::cell::Cell<u32>,
@@ -197,10 +220,18 @@ impl Api {
             cassette,
             base,
             endpoint: proxmox.endpoint.clone(),
+            token_id: proxmox.token_id.clone(),
+            ca_file: proxmox.ca_file.clone(),
             auth,
             pin,
             calls: Default::default(),
         })
+    }
+
+    /// The API token's id (`USER@REALM!TOKENID`), which task lists name as
+    /// the user that started a task.
+    pub fn token_id(&self) -> &str {
+        &self.token_id
     }
 
     /// How many HTTP requests this client sent.
@@ -249,12 +280,18 @@ impl Api {
             let failure = match request.send().await {
                 Ok(response) => match self.decode(&method, path, response).await {
                     Ok(value) => return Ok(value),
+                    // A 596 may come after the work was done: only what
+                    // ends the same when sent twice is sent again.
+                    Err(e) if e.is_lost() && retry == Retry::Once => return Err(e),
                     Err(e) if is_transient(&e) => e,
                     Err(e) => return Err(e),
                 },
                 Err(reqwest_middleware::Error::Reqwest(e)) => {
                     let failure = self.transport_error(&method, path, e);
-                    if retry == Retry::Once || self.pin_refused() {
+                    // An untrusted certificate does not get better by
+                    // asking again.
+                    let untrusted = failure.error.kind() == ErrorKind::PermissionDenied;
+                    if retry == Retry::Once || self.pin_refused() || untrusted {
                         return Err(failure);
                     }
                     failure
@@ -331,7 +368,20 @@ impl Api {
         }
         let text = chain(&e);
         let tls = text.contains("certificate") || text.contains("UnknownIssuer");
-        let error = if tls {
+        let error = if tls && let Some(ca) = &self.ca_file {
+            Error::permission_denied(format!(
+                "the TLS certificate of {} is not signed by the CA in `proxmox.caFile` ({})",
+                self.endpoint,
+                ca.display()
+            ))
+            .with_field("proxmox.caFile")
+            .with_source(e.without_url())
+            .with_hint(
+                "check that the file is the cluster's CA (/etc/pve/pve-root-ca.pem) and that the \
+                 endpoint's host name is in the node's certificate, or pin the node's certificate \
+                 with `proxmox.fingerprint` (`pvenode cert info`) instead",
+            )
+        } else if tls {
             Error::permission_denied(format!(
                 "the TLS certificate of {} is not trusted",
                 self.endpoint
@@ -431,7 +481,14 @@ impl Api {
             what.push_str(&format!(" [{}]", list.join("; ")));
         }
         let error = match status.as_u16() {
-            401 => Error::permission_denied(what).with_hint(
+            // Since pve-manager 9.1.5 every token failure reads only
+            // "Authentication failed!": name the token and the endpoint.
+            401 => Error::permission_denied(format!(
+                "{what} (API token `{}` at {})",
+                self.token_id, self.endpoint
+            ))
+            .with_field("proxmox.tokenSecret")
+            .with_hint(
                 "check `proxmox.tokenId` and that `proxmox.tokenSecret` holds that token's secret \
                  (tokens can expire or be removed with `pveum user token remove`)",
             ),

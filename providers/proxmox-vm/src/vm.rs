@@ -7,11 +7,20 @@
 //! and marks the VM in its description so that a create retried after a
 //! crash finds and adopts it instead of cloning again. Update changes the
 //! VM in place (a node change migrates it); a change that needs a new VM
-//! (template, fixed VMID) is an error saying so. Delete shuts the VM down
-//! (then stops it) and destroys it with its disks; a VM that is already
-//! gone is success. Read reports drift between the inputs and the VM.
+//! (template, fixed VMID) is an error saying so. Changes Proxmox cannot
+//! hot-plug into a running VM (cores, sockets, CPU type, memory without
+//! memory hotplug) stay pending there until the VM restarts: update then
+//! restarts it (shutdown, then start) or leaves them pending, as
+//! `onPendingChanges` says. Delete shuts the VM down (then stops it) and
+//! destroys it with its disks; a VM that is already gone is success. Read
+//! compares the inputs with what runs and reports pending changes as drift.
+//!
+//! Requests that make or destroy a VM are never sent again blindly: when
+//! the answer to a clone or a DELETE is lost (dropped, or pveproxy's 596),
+//! the provider looks at the VMID it asked for (its config, its lock, the
+//! node's running tasks) and goes on from what happened.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use fedi_protocol::schemars::{self, JsonSchema};
@@ -20,8 +29,8 @@ use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::api::{Api, CallError, Proxmox, Retry, uri_escape, uri_unescape};
-use crate::task;
+use crate::api::{ATTEMPTS, Api, CallError, Proxmox, Retry, uri_escape, uri_unescape};
+use crate::task::{self, Failure, Job, Outcome};
 
 /// The line this provider adds to the description of every VM it makes:
 /// how a retried create recognises its VM, and how delete makes sure it
@@ -104,6 +113,28 @@ pub struct VmInputs {
     /// `timeouts.shutdownSeconds`).
     #[serde(default = "yes")]
     pub started: bool,
+    /// What to do with changes Proxmox cannot apply to the running VM
+    /// (cores, sockets, CPU type, memory without memory hotplug): they stay
+    /// pending in Proxmox until the VM restarts. `restart`: shut the VM
+    /// down gracefully (stopping it after `timeouts.shutdownSeconds`) and
+    /// start it again, only when such a change is pending. `keep-pending`:
+    /// leave them pending (the `pendingChanges` output and read say so)
+    /// until someone restarts the VM, e.g. in a maintenance window.
+    #[serde(default)]
+    pub on_pending_changes: OnPendingChanges,
+    /// Hotplug features (`network`, `disk`, `cpu`, `memory`, `usb`,
+    /// `cloudinit`); empty turns hotplug off. `memory` needs `numa = true`.
+    /// Unset: left as the template has it (Proxmox's default is `network`,
+    /// `disk`, `usb`).
+    #[serde(default)]
+    pub hotplug: Option<Vec<String>>,
+    /// NUMA emulation (needed for memory hotplug). Unset: left as the
+    /// template has it.
+    #[serde(default)]
+    pub numa: Option<bool>,
+    /// CPU settings. Unset: left as the template has them.
+    #[serde(default)]
+    pub cpu: Option<Cpu>,
     /// Cloud-init settings (the template needs cloud-init in the guest; a
     /// cloud-init drive is added when missing). Unset: left as they are.
     #[serde(default)]
@@ -120,6 +151,29 @@ pub struct VmInputs {
     /// How long each phase may take.
     #[serde(default)]
     pub timeouts: Timeouts,
+}
+
+/// What [`VmInputs::on_pending_changes`] does with changes that need a
+/// restart.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnPendingChanges {
+    /// Shut the VM down and start it again when such a change is pending
+    /// (like bpg's `reboot_after_update`, but only when needed).
+    #[default]
+    Restart,
+    /// Leave them pending until the VM restarts; report them.
+    KeepPending,
+}
+
+/// CPU settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Cpu {
+    /// The emulated CPU type, e.g. `host`, `x86-64-v2-AES`, `kvm64`.
+    /// Changing it on a running VM needs a restart.
+    #[serde(default, rename = "type")]
+    pub cpu_type: Option<String>,
 }
 
 /// Which template to clone: exactly one of `vmid` and `name`.
@@ -298,10 +352,17 @@ pub struct VmOutputs {
     /// `known_hosts`. Unset when not waiting for the agent.
     #[serde(default)]
     pub ssh_host_key: Option<String>,
+    /// Inputs whose change Proxmox holds pending until the VM restarts
+    /// (with `onPendingChanges = "keep-pending"`), e.g. `["cores",
+    /// "memory"]`; empty when what runs is what the inputs say.
+    #[serde(default)]
+    pub pending_changes: Vec<String>,
 }
 
 const DISK_PREFIXES: [&str; 5] = ["scsi", "virtio", "sata", "ide", "efidisk"];
 const MODELS: [&str; 4] = ["virtio", "e1000", "vmxnet3", "rtl8139"];
+/// qemu-server's hotplug features (`parse_hotplug_features`).
+const HOTPLUG: [&str; 6] = ["network", "disk", "cpu", "memory", "usb", "cloudinit"];
 
 impl VmInputs {
     fn timeout(&self, seconds: u64) -> Duration {
@@ -477,6 +538,36 @@ impl VmInputs {
                     ));
                 }
             }
+        }
+        if let Some(features) = &self.hotplug {
+            for (i, feature) in features.iter().enumerate() {
+                if !HOTPLUG.contains(&feature.as_str()) {
+                    return Err(Error::invalid_input(
+                        format!("hotplug[{i}]"),
+                        format!("{feature:?} is not a hotplug feature"),
+                    )
+                    .with_hint(format!("use some of {}", HOTPLUG.join(", "))));
+                }
+            }
+            if features.iter().any(|f| f == "memory") && self.numa != Some(true) {
+                return Err(Error::invalid_input(
+                    "hotplug",
+                    "memory hotplug needs NUMA, and `numa` is not true",
+                )
+                .with_hint("set `numa = true` with `memory` hotplug"));
+            }
+        }
+        if let Some(cpu_type) = self.cpu.as_ref().and_then(|c| c.cpu_type.as_ref())
+            && (cpu_type.is_empty()
+                || !cpu_type
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+        {
+            return Err(Error::invalid_input(
+                "cpu.type",
+                format!("{cpu_type:?} is not a CPU type"),
+            )
+            .with_hint("e.g. host, x86-64-v2-AES or kvm64, as `qm set --cpu` takes them"));
         }
         if !self.host_key_path.starts_with('/') {
             return Err(
@@ -733,6 +824,8 @@ struct Plan {
     drift: Vec<Drift>,
     /// A difference that cannot be changed (a disk would shrink).
     refused: Option<Error>,
+    /// Which config key each drifted property is about: (property, key).
+    sources: Vec<(String, String)>,
 }
 
 impl Plan {
@@ -747,6 +840,7 @@ impl Plan {
         if current == wanted {
             return;
         }
+        self.sources.push((property.to_string(), key.to_string()));
         self.drift.push(Drift {
             property: property.to_string(),
             message: format!(
@@ -832,6 +926,55 @@ fn plan(inputs: &VmInputs, config: &Config) -> Result<Plan> {
         Some(inputs.memory.to_string()),
         shown,
     );
+    if let Some(features) = &inputs.hotplug {
+        // `1` and unset both mean the default.
+        let set = |text: &str| -> BTreeSet<String> {
+            match text {
+                "1" => ["network", "disk", "usb"].map(String::from).into(),
+                "0" | "" => BTreeSet::new(),
+                list => list.split(',').map(str::to_string).collect(),
+            }
+        };
+        let have = set(&text(config, "hotplug").unwrap_or_else(|| "1".into()));
+        let want: BTreeSet<String> = features.iter().cloned().collect();
+        if have != want {
+            let value = if want.is_empty() {
+                "0".to_string()
+            } else {
+                want.iter().cloned().collect::<Vec<_>>().join(",")
+            };
+            plan.change(
+                "hotplug",
+                "hotplug",
+                text(config, "hotplug"),
+                Some(value),
+                shown,
+            );
+        }
+    }
+    if let Some(numa) = inputs.numa {
+        plan.change(
+            "numa",
+            "numa",
+            or("numa", "0"),
+            Some(if numa { "1" } else { "0" }.to_string()),
+            shown,
+        );
+    }
+    if let Some(wanted) = inputs.cpu.as_ref().and_then(|c| c.cpu_type.as_ref()) {
+        // `cpu` is `[cputype=]TYPE[,flags=...]`; kvm64 when unset.
+        let have = text(config, "cpu");
+        let have_type = have
+            .as_deref()
+            .map(|c| {
+                let first = c.split(',').next().unwrap_or("");
+                first.strip_prefix("cputype=").unwrap_or(first).to_string()
+            })
+            .unwrap_or_else(|| "kvm64".into());
+        if have_type != *wanted {
+            plan.change("cpu.type", "cpu", have.clone(), Some(wanted.clone()), shown);
+        }
+    }
     if let Some(balloon) = inputs.balloon {
         plan.change(
             "balloon",
@@ -909,6 +1052,8 @@ fn plan(inputs: &VmInputs, config: &Config) -> Result<Plan> {
                         "set `storage` (or this disk's `storage`), or use a slot the template has",
                     ));
                 };
+                plan.sources
+                    .push((format!("disks[{i}]"), disk.slot.clone()));
                 plan.drift.push(Drift {
                     property: format!("disks[{i}]"),
                     message: format!("`{}` does not exist", disk.slot),
@@ -940,6 +1085,7 @@ fn plan(inputs: &VmInputs, config: &Config) -> Result<Plan> {
                             .unwrap_or("0")
             });
             if !same {
+                plan.sources.push((format!("networks[{i}]"), key.clone()));
                 plan.drift.push(Drift {
                     property: format!("networks[{i}]"),
                     message: format!(
@@ -1052,12 +1198,40 @@ struct Guest {
 #[derive(Debug, Default)]
 pub struct Vm;
 
+/// A VM's configuration: what runs, and what it becomes when the pending
+/// changes are applied.
+#[derive(Debug, Clone, Default)]
+struct VmConfig {
+    /// What runs (`GET .../config?current=1`).
+    current: Config,
+    /// With the pending changes applied (`GET .../config`), and the digest.
+    effective: Config,
+}
+
+impl VmConfig {
+    /// The config keys with a pending change (a new value or a removal).
+    fn pending_keys(&self) -> BTreeSet<String> {
+        let keys: BTreeSet<&String> = self.current.keys().chain(self.effective.keys()).collect();
+        keys.into_iter()
+            .filter(|k| *k != "digest" && self.current.get(*k) != self.effective.get(*k))
+            .cloned()
+            .collect()
+    }
+}
+
 /// Where a VM is.
 #[derive(Debug, Clone)]
 struct Located {
     node: String,
     vmid: u32,
-    config: Config,
+    config: VmConfig,
+}
+
+/// The template to clone: its VMID and node.
+#[derive(Debug, Clone)]
+struct Source {
+    vmid: u32,
+    node: String,
 }
 
 impl Resource for Vm {
@@ -1067,9 +1241,10 @@ impl Resource for Vm {
     const TYPE: &'static str = "vm";
     const DESCRIPTION: &'static str = "A QEMU virtual machine on Proxmox VE, cloned from a template: CPU, memory, \
         disks (grow only), network devices, cloud-init (user, SSH keys, IP configuration, DNS), tags, \
-        start on boot and protection, changed in place; its MAC and IP addresses and SSH host key \
-        (read through the QEMU guest agent) as outputs. A create retried after a crash adopts the VM \
-        the crashed run cloned.";
+        start on boot and protection, changed in place (changes that need a restart restart it, or stay \
+        pending, as `onPendingChanges` says); its MAC and IP addresses and SSH host key \
+        (read through the QEMU guest agent) as outputs. A create retried after a crash or a lost \
+        answer adopts the VM the earlier attempt cloned.";
     const REQUIRE_STATE: bool = true;
     const SUPPORTS_DELETE: bool = true;
     const SUPPORTS_READ: bool = true;
@@ -1078,12 +1253,21 @@ impl Resource for Vm {
         inputs.validate()?;
         let api = Api::connect(&inputs.proxmox)?;
         let resources = vm_resources(&api).await?;
-        let (located, fresh) = match find_ours(&api, &resources, &inputs.name, inputs.vmid).await? {
+        let source = find_template(&resources, &inputs)?;
+        let found = match find_ours(&api, &resources, &inputs.name, inputs.vmid).await? {
+            Some(found) => Some(found),
+            None => find_unnamed_clone(&api, &resources, &inputs, &source).await?,
+        };
+        let adopted = match found {
             Some(found) => {
                 tracing::info!(vmid = found.vmid, node = %found.node, name = %inputs.name, "adopting the VM a previous run cloned");
-                (wait_unlocked(&api, &found, &inputs).await?, None)
+                wait_unlocked(&api, &found, &inputs).await?
             }
-            None => clone(&api, &resources, &inputs).await?,
+            None => None,
+        };
+        let (located, fresh) = match adopted {
+            Some(located) => (located, None),
+            None => clone(&api, &source, &inputs).await?,
         };
         let vmid = located.vmid;
         let result = converge(&api, located, &inputs, fresh).await;
@@ -1140,7 +1324,9 @@ impl Resource for Vm {
                 .with_hint("it was removed outside this deployment; remove the resource from the state to create it anew")
         })?;
         check_ours(&located)?;
-        converge(&api, located, &inputs, None).await
+        let result = converge(&api, located, &inputs, None).await;
+        tracing::debug!(calls = api.calls(), "API calls made");
+        result
     }
 
     async fn delete(&self, current: Recorded<VmInputs, VmOutputs>) -> Result<()> {
@@ -1152,7 +1338,7 @@ impl Resource for Vm {
             return Ok(());
         };
         check_ours(&located)?;
-        if text(&located.config, "protection").as_deref() == Some("1") {
+        if text(&located.config.current, "protection").as_deref() == Some("1") {
             return Err(Error::conflict(format!(
                 "VM {vmid} (`{}`) has protection on, so Proxmox refuses to remove it",
                 current.outputs.name
@@ -1163,28 +1349,7 @@ impl Resource for Vm {
         if is_running(&api, &node, vmid).await? {
             stop(&api, &node, vmid, inputs).await?;
         }
-        let path = format!("nodes/{node}/qemu/{vmid}");
-        let query = [
-            ("purge", "1".to_string()),
-            ("destroy-unreferenced-disks", "1".to_string()),
-        ];
-        match api
-            .call(Method::DELETE, &path, &query, &[], Retry::Idempotent)
-            .await
-        {
-            Ok(upid) => {
-                task::wait(
-                    &api,
-                    &upid,
-                    &format!("destroying VM {vmid}"),
-                    inputs.timeout(inputs.timeouts.task_seconds),
-                    "timeouts.taskSeconds",
-                )
-                .await?
-            }
-            Err(e) if e.is_missing_vm() => {}
-            Err(e) => return Err(e.error.context(format!("destroying VM {vmid}"))),
-        }
+        destroy(&api, &node, vmid, inputs).await?;
         tracing::info!(vmid, node = %node, "destroyed the VM and its disks");
         Ok(())
     }
@@ -1195,7 +1360,10 @@ impl Resource for Vm {
         let Some(located) = locate(&api, &current.outputs.node, current.outputs.vmid).await? else {
             return Ok(ReadOutcome::Gone);
         };
-        let mut drift = plan(inputs, &located.config)
+        // What runs is compared with the inputs; a change Proxmox holds
+        // pending is drift until the VM restarts.
+        let pending = pending_properties(inputs, &located.config);
+        let mut drift = plan(inputs, &located.config.current)
             .map(|p| p.drift)
             .unwrap_or_else(|e| {
                 vec![Drift {
@@ -1203,6 +1371,13 @@ impl Resource for Vm {
                     message: e.to_string(),
                 }]
             });
+        for d in &mut drift {
+            if pending.contains(&d.property) {
+                d.message.push_str(
+                    "; the change is pending in Proxmox and takes effect when the VM restarts",
+                );
+            }
+        }
         if located.node != inputs.node {
             drift.push(Drift {
                 property: "node".into(),
@@ -1212,7 +1387,7 @@ impl Resource for Vm {
                 ),
             });
         }
-        if !is_ours(&located.config) {
+        if !is_ours(&located.config.current) {
             drift.push(Drift {
                 property: "description".into(),
                 message: format!(
@@ -1237,18 +1412,40 @@ impl Resource for Vm {
         let outputs = VmOutputs {
             vmid: located.vmid,
             node: located.node.clone(),
-            name: text(&located.config, "name").unwrap_or_default(),
-            mac_addresses: macs(&located.config),
+            name: text(&located.config.current, "name").unwrap_or_default(),
+            mac_addresses: macs(&located.config.current),
             ipv4_addresses: if running { guest.ipv4 } else { Vec::new() },
             ipv6_addresses: if running { guest.ipv6 } else { Vec::new() },
             ssh_host_key: guest.host_key.or(current.outputs.ssh_host_key.clone()),
+            pending_changes: pending,
         };
         Ok(ReadOutcome::Exists { outputs, drift })
     }
 }
 
+/// The inputs whose change Proxmox holds pending: properties where what
+/// runs differs from the inputs and whose config key has a pending change.
+/// (Pending changes to keys the inputs do not manage are not ours.)
+fn pending_properties(inputs: &VmInputs, config: &VmConfig) -> Vec<String> {
+    let keys = config.pending_keys();
+    if keys.is_empty() {
+        return Vec::new();
+    }
+    let Ok(plan) = plan(inputs, &config.current) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = plan
+        .sources
+        .into_iter()
+        .filter(|(_, key)| keys.contains(key))
+        .map(|(property, _)| property)
+        .collect();
+    out.dedup();
+    out
+}
+
 fn check_ours(located: &Located) -> Result<()> {
-    if is_ours(&located.config) {
+    if is_ours(&located.config.current) {
         return Ok(());
     }
     Err(Error::conflict(format!(
@@ -1300,13 +1497,20 @@ async fn find_ours(
             Err(e) => return Err(e.error),
         };
         let located = Located { node, vmid, config };
-        if is_ours(&located.config) && text(&located.config, "name").as_deref() == Some(name) {
+        let current = &located.config.current;
+        if is_ours(current) && text(current, "name").as_deref() == Some(name) {
             return Ok(Some(located));
         }
         if fixed == Some(vmid) {
+            // A clone still writing its temporary config has no name yet;
+            // find_unnamed_clone looks at it.
+            if text(current, "lock").as_deref() == Some("clone") && text(current, "name").is_none()
+            {
+                continue;
+            }
             return Err(Error::conflict(format!(
                 "VMID {vmid} is taken by another VM (`{}`) on `{}`",
-                text(&located.config, "name").unwrap_or_default(),
+                text(current, "name").unwrap_or_default(),
                 located.node
             ))
             .with_field("vmid")
@@ -1320,11 +1524,179 @@ async fn find_ours(
     Ok(None)
 }
 
-async fn config_of(api: &Api, node: &str, vmid: u32) -> Result<Config, CallError> {
-    let value = api
-        .get(&format!("nodes/{node}/qemu/{vmid}/config"), &[])
+/// A clone that a crashed run of this create may have started and that
+/// has not written its config yet: qemu-server's clone_vm writes only
+/// `lock: clone` until the first disk is copied, so the VM has no name
+/// (`/cluster/resources` shows `VM N`). Looked at only while the
+/// template's node runs a clone of the template started by this token;
+/// adopted once the clone has written this VM's name and the marker.
+async fn find_unnamed_clone(
+    api: &Api,
+    resources: &[Value],
+    inputs: &VmInputs,
+    source: &Source,
+) -> Result<Option<Located>> {
+    let unnamed: Vec<u32> = resources
+        .iter()
+        .filter(|r| r["lock"] == "clone" && r["template"].as_u64() != Some(1))
+        .filter_map(|r| {
+            let vmid = vmid_of(r)?;
+            let name = r["name"].as_str().unwrap_or_default();
+            (name.is_empty() || name == format!("VM {vmid}")).then_some(vmid)
+        })
+        .filter(|vmid| inputs.vmid.is_none_or(|fixed| fixed == *vmid))
+        .collect();
+    if unnamed.is_empty() || !our_clone_runs(api, source, 0).await? {
+        return Ok(None);
+    }
+    for vmid in unnamed {
+        tracing::info!(
+            vmid,
+            "an unnamed clone of the template is being copied; waiting to see whether it is this VM"
+        );
+        if let Look::Ours(located) = look_for_clone(api, inputs, source, vmid, 0).await? {
+            return Ok(Some(located));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether the template's node runs a clone of the template started by
+/// this API token at or after `since` (seconds since the epoch), from its
+/// task list (PVE/API2/Tasks.pm, node_tasks).
+async fn our_clone_runs(api: &Api, source: &Source, since: u64) -> Result<bool> {
+    let tasks = api
+        .get(
+            &format!("nodes/{}/tasks", source.node),
+            &[
+                ("source", "active".to_string()),
+                ("typefilter", "qmclone".to_string()),
+                ("vmid", source.vmid.to_string()),
+            ],
+        )
         .await?;
-    Ok(value.as_object().cloned().unwrap_or_default())
+    let token = api.token_id();
+    Ok(tasks.as_array().into_iter().flatten().any(|t| {
+        let user = t["user"].as_str().unwrap_or_default();
+        let ours = user == token
+            || t["tokenid"]
+                .as_str()
+                .is_some_and(|id| format!("{user}!{id}") == token);
+        ours && t["starttime"].as_u64().unwrap_or(u64::MAX) >= since
+    }))
+}
+
+/// What is at a VMID a clone was asked for.
+enum Look {
+    /// Our clone, finished.
+    Ours(Located),
+    /// Another VM.
+    NotOurs,
+    /// Nothing (the clone never started, or failed and was removed).
+    Nothing,
+}
+
+/// After a lost answer to a clone (or a crash), looks at the VMID that was
+/// asked for until it knows what happened: the clone's config (on the
+/// template's node until the clone ends, then on the target node), its
+/// `lock: clone` while it copies, and the node's running clone tasks while
+/// no config is there yet. Bounded by `timeouts.cloneSeconds`.
+async fn look_for_clone(
+    api: &Api,
+    inputs: &VmInputs,
+    source: &Source,
+    vmid: u32,
+    since: u64,
+) -> Result<Look> {
+    let deadline = Instant::now() + inputs.timeout(inputs.timeouts.clone_seconds);
+    let mut pause = task::FIRST_POLL;
+    let mut nodes = vec![source.node.clone()];
+    if inputs.node != source.node {
+        nodes.push(inputs.node.clone());
+    }
+    loop {
+        let mut seen = None;
+        for node in &nodes {
+            match config_of(api, node, vmid).await {
+                Ok(config) => {
+                    seen = Some((node.clone(), config));
+                    break;
+                }
+                Err(e) if e.is_missing_vm() => {}
+                Err(e) => return Err(e.error),
+            }
+        }
+        match seen {
+            Some((node, config)) if text(&config.current, "name").is_some() => {
+                let located = Located { node, vmid, config };
+                let current = &located.config.current;
+                if !(is_ours(current) && text(current, "name").as_deref() == Some(&inputs.name)) {
+                    return Ok(Look::NotOurs);
+                }
+                tracing::info!(vmid, "the clone is ours; waiting for it to finish");
+                return Ok(match wait_unlocked(api, &located, inputs).await? {
+                    Some(located) => Look::Ours(located),
+                    None => Look::Nothing,
+                });
+            }
+            Some(_) => {
+                tracing::info!(vmid, "the clone has not written its config yet");
+            }
+            None => {
+                if !our_clone_runs(api, source, since).await? {
+                    return Ok(Look::Nothing);
+                }
+                tracing::info!(
+                    vmid,
+                    "a clone of the template by this token runs; looking again"
+                );
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::unavailable(format!(
+                "after a lost answer, VM {vmid} was still being cloned after {}s",
+                inputs.timeouts.clone_seconds
+            ))
+            .with_field("timeouts.cloneSeconds")
+            .with_hint("the clone goes on in Proxmox (see the node's task log); run again later to adopt it, or raise `timeouts.cloneSeconds`"));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 3 / 2).min(task::MAX_POLL);
+    }
+}
+
+/// The VM's configuration, current and pending, from one `GET
+/// .../pending` (qemu-server's vm_pending: per key `value`, `pending` and
+/// `delete`; the `digest` entry is the file's digest).
+async fn config_of(api: &Api, node: &str, vmid: u32) -> Result<VmConfig, CallError> {
+    let value = api
+        .get(&format!("nodes/{node}/qemu/{vmid}/pending"), &[])
+        .await?;
+    let mut config = VmConfig::default();
+    let present = |v: Option<&Value>| v.filter(|v| !v.is_null()).cloned();
+    for entry in value.as_array().into_iter().flatten() {
+        let Some(key) = entry["key"].as_str() else {
+            continue;
+        };
+        let current = present(entry.get("value"));
+        let deleted = match &entry["delete"] {
+            Value::Number(n) => n.as_u64().unwrap_or(0) > 0,
+            Value::String(s) => s != "0",
+            _ => false,
+        };
+        let effective = match present(entry.get("pending")) {
+            Some(pending) => Some(pending),
+            None if deleted => None,
+            None => current.clone(),
+        };
+        if let Some(v) = current {
+            config.current.insert(key.into(), v);
+        }
+        if let Some(v) = effective {
+            config.effective.insert(key.into(), v);
+        }
+    }
+    Ok(config)
 }
 
 /// The VM with `vmid`, on `node` or (when moved) wherever the cluster says.
@@ -1359,13 +1731,14 @@ async fn locate(api: &Api, node: &str, vmid: u32) -> Result<Option<Located>> {
     }
 }
 
-/// Waits while a VM is locked (by a clone still running for a crashed
-/// create), and returns its config.
-async fn wait_unlocked(api: &Api, found: &Located, inputs: &VmInputs) -> Result<Located> {
+/// Waits while a VM is locked (by a clone still running), and returns its
+/// config; `None` when the VM went away meanwhile (the clone failed, and
+/// clone_vm removed its config).
+async fn wait_unlocked(api: &Api, found: &Located, inputs: &VmInputs) -> Result<Option<Located>> {
     let deadline = Instant::now() + inputs.timeout(inputs.timeouts.clone_seconds);
     let mut located = found.clone();
     let mut pause = task::FIRST_POLL;
-    while let Some(lock) = text(&located.config, "lock") {
+    while let Some(lock) = text(&located.config.current, "lock") {
         if Instant::now() >= deadline {
             return Err(Error::unavailable(format!("VM {} is still locked ({lock}) after {}s", located.vmid, inputs.timeouts.clone_seconds))
                 .with_field("timeouts.cloneSeconds")
@@ -1378,18 +1751,17 @@ async fn wait_unlocked(api: &Api, found: &Located, inputs: &VmInputs) -> Result<
         );
         tokio::time::sleep(pause).await;
         pause = (pause * 3 / 2).min(task::MAX_POLL);
-        located.config = config_of(api, &located.node, located.vmid).await?;
+        // The clone's config moves to the target node when it ends.
+        match locate(api, &located.node, located.vmid).await? {
+            Some(now) => located = now,
+            None => return Ok(None),
+        }
     }
-    Ok(located)
+    Ok(Some(located))
 }
 
-/// Clones the template; the second value says whether this run made the
-/// VM (`None` when it found one a dropped request made).
-async fn clone(
-    api: &Api,
-    resources: &[Value],
-    inputs: &VmInputs,
-) -> Result<(Located, Option<Fresh>)> {
+/// The template to clone, from the cluster's resources.
+fn find_template(resources: &[Value], inputs: &VmInputs) -> Result<Source> {
     let template = resources
         .iter()
         .filter(|r| match (&inputs.template.vmid, &inputs.template.name) {
@@ -1425,13 +1797,56 @@ async fn clone(
             .with_hint("give the template by `vmid` instead"));
         }
     };
-    let source = vmid_of(template).unwrap_or_default();
-    let source_node = template["node"]
-        .as_str()
-        .unwrap_or(&inputs.node)
-        .to_string();
-    const ATTEMPTS: u32 = 10;
-    for attempt in 1..=ATTEMPTS {
+    Ok(Source {
+        vmid: vmid_of(template).unwrap_or_default(),
+        node: template["node"]
+            .as_str()
+            .unwrap_or(&inputs.node)
+            .to_string(),
+    })
+}
+
+/// Refuses, before cloning, disks the inputs want smaller than the
+/// template's (the clone could never converge).
+async fn check_template_disks(api: &Api, source: &Source, inputs: &VmInputs) -> Result<()> {
+    if inputs.disks.is_empty() {
+        return Ok(());
+    }
+    let config = config_of(api, &source.node, source.vmid).await?;
+    for (i, disk) in inputs.disks.iter().enumerate() {
+        let Some(size) = text(&config.current, &disk.slot).and_then(|d| disk_size(&d)) else {
+            continue;
+        };
+        if disk.size_gib * GIB < size {
+            return Err(Error::invalid_input(
+                format!("disks[{i}].sizeGib"),
+                format!(
+                    "the template's `{}` is {} GiB; a clone cannot have it at {} GiB, since Proxmox cannot shrink disks",
+                    disk.slot,
+                    size.div_ceil(GIB),
+                    disk.size_gib
+                ),
+            )
+            .with_hint("give the template's size or more"));
+        }
+    }
+    Ok(())
+}
+
+fn now_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Clones the template; the second value says whether this run made the
+/// VM (`None` when it found one an earlier request made).
+async fn clone(api: &Api, source: &Source, inputs: &VmInputs) -> Result<(Located, Option<Fresh>)> {
+    check_template_disks(api, source, inputs).await?;
+    const CLONE_ATTEMPTS: u32 = 10;
+    let mut target = (source.node != inputs.node).then(|| inputs.node.clone());
+    for attempt in 1..=CLONE_ATTEMPTS {
         let vmid = match inputs.vmid {
             Some(id) => id,
             None => next_id(api).await?,
@@ -1448,8 +1863,8 @@ async fn clone(
                 if inputs.full_clone { "1" } else { "0" }.to_string(),
             ),
         ];
-        if source_node != inputs.node {
-            form.push(("target".into(), inputs.node.clone()));
+        if let Some(target) = &target {
+            form.push(("target".into(), target.clone()));
         }
         if let Some(storage) = inputs.storage.as_ref().filter(|_| inputs.full_clone) {
             form.push(("storage".into(), storage.clone()));
@@ -1457,11 +1872,13 @@ async fn clone(
         if let Some(pool) = &inputs.pool {
             form.push(("pool".into(), pool.clone()));
         }
-        let path = format!("nodes/{source_node}/qemu/{source}/clone");
-        let what = format!("cloning template {source} to VM {vmid}");
+        let path = format!("nodes/{}/qemu/{}/clone", source.node, source.vmid);
+        let what = format!("cloning template {} to VM {vmid}", source.vmid);
+        // Task start times are whole seconds; allow for the node's clock.
+        let sent_at = now_seconds().saturating_sub(60);
         match api.call(Method::POST, &path, &[], &form, Retry::Once).await {
             Ok(upid) => {
-                tracing::info!(vmid, template = source, "clone started");
+                tracing::info!(vmid, template = source.vmid, "clone started");
                 fedi_protocol::fault::point(FAULT_AFTER_CLONE_STARTED);
                 match task::wait(
                     api,
@@ -1473,38 +1890,69 @@ async fn clone(
                 .await
                 {
                     Ok(()) => {
-                        let config = config_of(api, &inputs.node, vmid).await?;
-                        return Ok((
-                            Located {
-                                node: inputs.node.clone(),
-                                vmid,
-                                config,
-                            },
-                            Some(Fresh::Clone),
-                        ));
+                        let node = target.clone().unwrap_or_else(|| source.node.clone());
+                        let config = config_of(api, &node, vmid).await?;
+                        return Ok((Located { node, vmid, config }, Some(Fresh::Clone)));
                     }
-                    Err(failed) if failed.transient && attempt < ATTEMPTS => {
+                    Err(failed)
+                        if failed.outcome == Outcome::LockTimeout && attempt < CLONE_ATTEMPTS =>
+                    {
                         tracing::warn!(vmid, exit = %failed.exitstatus, "the clone failed on a lock timeout; trying again");
-                        pause_before_retry(attempt).await;
+                        task::pause(attempt).await;
+                    }
+                    Err(failed)
+                        if failed.outcome == Outcome::VmidClash
+                            && inputs.vmid.is_none()
+                            && attempt < CLONE_ATTEMPTS =>
+                    {
+                        tracing::info!(vmid, exit = %failed.exitstatus, "a concurrent clone took the VMID; allocating another");
+                        task::pause(attempt).await;
+                    }
+                    Err(failed) if failed.outcome == Outcome::VmidClash => {
+                        return Err(failed.error.with_field("vmid").with_hint(
+                            "choose a free VMID, or leave `vmid` unset to allocate one",
+                        ));
                     }
                     Err(failed) => return Err(failed.error),
                 }
             }
-            // No answer: the clone may or may not have started.
-            Err(e) if e.status.is_none() => {
-                tracing::warn!(vmid, reason = %e.reason, "no answer to the clone request; looking for the VM");
-                let resources = vm_resources(api).await?;
-                if let Some(found) = find_ours(api, &resources, &inputs.name, inputs.vmid).await? {
-                    return Ok((wait_unlocked(api, &found, inputs).await?, None));
+            // No answer, or 596: the clone may be under way. Look at the
+            // VMID asked for instead of cloning again.
+            Err(e) if e.is_lost() => {
+                tracing::warn!(vmid, reason = %e.reason, "the answer to the clone request was lost; looking at the VMID");
+                match look_for_clone(api, inputs, source, vmid, sent_at).await? {
+                    Look::Ours(located) => return Ok((located, None)),
+                    Look::NotOurs if inputs.vmid.is_some() => {
+                        return Err(
+                            Error::conflict(format!("VMID {vmid} is taken by another VM"))
+                                .with_field("vmid")
+                                .with_hint(
+                                    "choose a free VMID, or leave `vmid` unset to allocate one",
+                                ),
+                        );
+                    }
+                    Look::NotOurs | Look::Nothing if attempt < CLONE_ATTEMPTS => {
+                        tracing::info!(vmid, "no clone of ours is there; cloning again");
+                        task::pause(attempt).await;
+                    }
+                    Look::NotOurs | Look::Nothing => return Err(e.error.context(what)),
                 }
-                if attempt == ATTEMPTS {
-                    return Err(e.error.context(what));
-                }
-                pause_before_retry(attempt).await;
             }
-            Err(e) if e.is_vmid_taken() && inputs.vmid.is_none() && attempt < ATTEMPTS => {
+            // clone_vm refuses another node for a template on local
+            // storage ("can't clone VM to node '...' (VM uses local
+            // storage)", "can't clone to non-shared storage '...'"): clone
+            // on the template's node; converge then migrates the VM.
+            Err(e)
+                if target.is_some()
+                    && (e.reason.contains("uses local storage")
+                        || e.reason.contains("non-shared storage")) =>
+            {
+                tracing::info!(vmid, reason = %e.reason, "cloning on the template's node instead; the VM is migrated afterwards");
+                target = None;
+            }
+            Err(e) if e.is_vmid_taken() && inputs.vmid.is_none() && attempt < CLONE_ATTEMPTS => {
                 tracing::info!(vmid, reason = %e.reason, "the VMID was taken meanwhile; allocating another");
-                pause_before_retry(attempt).await;
+                task::pause(attempt).await;
             }
             Err(e) if e.is_vmid_taken() && inputs.vmid.is_some() => {
                 return Err(e
@@ -1516,23 +1964,9 @@ async fn clone(
         }
     }
     Err(Error::unavailable(format!(
-        "could not clone the template after {ATTEMPTS} attempts"
+        "could not clone the template after {CLONE_ATTEMPTS} attempts"
     ))
     .with_hint("other clones keep taking the VMIDs or locks; run again"))
-}
-
-/// A short pause that differs between processes, so concurrent creates
-/// that collided do not collide again.
-async fn pause_before_retry(attempt: u32) {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let jitter = u64::from((nanos ^ std::process::id().wrapping_mul(2_654_435_761)) % 150);
-    tokio::time::sleep(Duration::from_millis(
-        50 * u64::from(attempt.min(6)) + jitter,
-    ))
-    .await;
 }
 
 /// `/cluster/nextid`, which answers a string although documented as an
@@ -1554,14 +1988,37 @@ async fn is_running(api: &Api, node: &str, vmid: u32) -> Result<bool> {
     Ok(status["status"] == "running")
 }
 
-/// Brings the VM to the inputs: node, config, disks, power; then waits for
-/// the guest agent.
 /// Whether the VM was just cloned by this run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fresh {
     Clone,
 }
 
+/// A task-starting request on the VM: `verb` is the path below
+/// `nodes/{node}/qemu/{vmid}/`.
+fn job<'a>(
+    method: Method,
+    node: &str,
+    vmid: u32,
+    verb: &str,
+    form: Vec<(String, String)>,
+    what: String,
+    (timeout, timeout_field): (Duration, &'a str),
+) -> Job<'a> {
+    Job {
+        method,
+        path: format!("nodes/{node}/qemu/{vmid}/{verb}"),
+        form,
+        what,
+        timeout,
+        timeout_field,
+        done_if: &[],
+    }
+}
+
+/// Brings the VM to the inputs: node, config, disks, power (restarting it
+/// when changes are pending and the inputs say so); then waits for the
+/// guest agent.
 async fn converge(
     api: &Api,
     mut located: Located,
@@ -1581,37 +2038,36 @@ async fn converge(
             form.push(("online".into(), "1".into()));
             form.push(("with-local-disks".into(), "1".into()));
         }
-        let upid = api
-            .call(
-                Method::POST,
-                &format!("nodes/{}/qemu/{vmid}/migrate", located.node),
-                &[],
-                &form,
-                Retry::Idempotent,
-            )
-            .await
-            .map_err(|e| {
-                e.error
-                    .context(format!("migrating VM {vmid} to `{}`", inputs.node))
-            })?;
-        task::wait(
+        let what = format!("migrating VM {vmid} to `{}`", inputs.node);
+        task::run(
             api,
-            &upid,
-            &format!("migrating VM {vmid} to `{}`", inputs.node),
-            inputs.timeout(inputs.timeouts.migrate_seconds),
-            "timeouts.migrateSeconds",
+            &job(
+                Method::POST,
+                &located.node,
+                vmid,
+                "migrate",
+                form,
+                what.clone(),
+                (
+                    inputs.timeout(inputs.timeouts.migrate_seconds),
+                    "timeouts.migrateSeconds",
+                ),
+            ),
         )
-        .await?;
+        .await
+        .map_err(|f| f.error(&what))?;
         tracing::info!(vmid, from = %located.node, to = %inputs.node, "migrated the VM");
         located.node = inputs.node.clone();
         located.config = config_of(api, &located.node, vmid).await?;
     }
     let node = located.node.clone();
-    let config_path = format!("nodes/{node}/qemu/{vmid}/config");
-    // A stale digest (someone changed the config meanwhile) is retried once
-    // with the fresh config.
+    let mut changed = false;
+    // A stale digest (someone changed the config meanwhile) is retried
+    // with the fresh config. What is sent is planned against the config
+    // with pending changes applied, so a change already pending is not
+    // sent again.
     for attempt in 1..=3 {
-        let mut plan = plan(inputs, &located.config)?;
+        let mut plan = plan(inputs, &located.config.effective)?;
         if let Some(refused) = plan.refused.take() {
             return Err(refused);
         }
@@ -1623,7 +2079,7 @@ async fn converge(
             if !plan.delete.is_empty() {
                 form.push(("delete".into(), plan.delete.join(",")));
             }
-            if let Some(digest) = text(&located.config, "digest") {
+            if let Some(digest) = text(&located.config.effective, "digest") {
                 form.push(("digest".into(), digest));
             }
             let keys: Vec<&str> = plan
@@ -1633,29 +2089,28 @@ async fn converge(
                 .chain(plan.delete.iter().map(String::as_str))
                 .collect();
             tracing::info!(vmid, keys = %keys.join(","), "changing the VM's configuration");
-            match api
-                .call(Method::POST, &config_path, &[], &form, Retry::Idempotent)
-                .await
+            let what = format!("configuring VM {vmid}");
+            match task::run(
+                api,
+                &job(
+                    Method::POST,
+                    &node,
+                    vmid,
+                    "config",
+                    form,
+                    what.clone(),
+                    (task_timeout, "timeouts.taskSeconds"),
+                ),
+            )
+            .await
             {
-                Ok(upid) => {
-                    task::wait(
-                        api,
-                        &upid,
-                        &format!("configuring VM {vmid}"),
-                        task_timeout,
-                        "timeouts.taskSeconds",
-                    )
-                    .await?
-                }
-                Err(e)
-                    if (e.reason.contains("checksum mismatch") || e.reason.contains("digest"))
-                        && attempt < 3 =>
-                {
-                    tracing::warn!(vmid, "the config changed meanwhile; reading it again");
+                Ok(()) => {}
+                Err(Failure::Call(e)) if e.is_stale_digest() && attempt < 3 => {
+                    tracing::warn!(vmid, reason = %e.reason, "the config changed meanwhile; reading it again");
                     located.config = config_of(api, &node, vmid).await?;
                     continue;
                 }
-                Err(e) => return Err(e.error.context(format!("configuring VM {vmid}"))),
+                Err(f) => return Err(f.error(&what)),
             }
         }
         for (slot, gib) in &plan.grow {
@@ -1663,63 +2118,71 @@ async fn converge(
                 ("disk".to_string(), slot.clone()),
                 ("size".to_string(), format!("{gib}G")),
             ];
-            let upid = api
-                .call(
-                    Method::PUT,
-                    &format!("nodes/{node}/qemu/{vmid}/resize"),
-                    &[],
-                    &form,
-                    Retry::Idempotent,
-                )
-                .await
-                .map_err(|e| {
-                    e.error
-                        .context(format!("growing `{slot}` of VM {vmid} to {gib} GiB"))
-                })?;
-            task::wait(
+            let what = format!("growing `{slot}` of VM {vmid} to {gib} GiB");
+            task::run(
                 api,
-                &upid,
-                &format!("growing `{slot}` of VM {vmid}"),
-                task_timeout,
-                "timeouts.taskSeconds",
+                &job(
+                    Method::PUT,
+                    &node,
+                    vmid,
+                    "resize",
+                    form,
+                    what.clone(),
+                    (task_timeout, "timeouts.taskSeconds"),
+                ),
             )
-            .await?;
+            .await
+            .map_err(|f| f.error(&what))?;
             tracing::info!(vmid, slot, gib, "grew the disk");
         }
-        let generated_macs = inputs.networks.iter().any(|n| n.mac.is_none());
-        if generated_macs
-            || !plan.grow.is_empty()
-            || plan.set.iter().any(|(k, _)| k.starts_with("net"))
-        {
-            located.config = config_of(api, &node, vmid).await?;
-        }
+        changed = true;
         break;
+    }
+    let generated_macs = inputs.networks.iter().any(|n| n.mac.is_none());
+    if changed && (running || generated_macs || !located.config.current.contains_key("net0")) {
+        located.config = config_of(api, &node, vmid).await?;
+    }
+    // What Proxmox could not hot-plug stays pending until a restart.
+    let pending = pending_properties(inputs, &located.config);
+    let mut restarted = false;
+    if running && !pending.is_empty() {
+        match inputs.on_pending_changes {
+            OnPendingChanges::Restart => {
+                tracing::info!(vmid, pending = %pending.join(", "), "these changes need a restart; shutting the VM down to start it again");
+                stop(api, &node, vmid, inputs).await?;
+                running = false;
+                restarted = true;
+            }
+            OnPendingChanges::KeepPending => {
+                tracing::warn!(vmid, pending = %pending.join(", "), "these changes stay pending until the VM restarts (onPendingChanges = \"keep-pending\")");
+            }
+        }
     }
     fedi_protocol::fault::point(FAULT_AFTER_CONFIGURE);
     if inputs.started && !running {
-        let upid = api
-            .call(
-                Method::POST,
-                &format!("nodes/{node}/qemu/{vmid}/status/start"),
-                &[],
-                &[],
-                Retry::Idempotent,
-            )
-            .await
-            .map_err(|e| e.error.context(format!("starting VM {vmid}")))?;
-        task::wait(
-            api,
-            &upid,
-            &format!("starting VM {vmid}"),
-            task_timeout,
-            "timeouts.taskSeconds",
-        )
-        .await?;
+        let what = format!("starting VM {vmid}");
+        let mut start = job(
+            Method::POST,
+            &node,
+            vmid,
+            "status/start",
+            Vec::new(),
+            what.clone(),
+            (task_timeout, "timeouts.taskSeconds"),
+        );
+        // A start sent again (after a lost answer) ends "already running".
+        start.done_if = &[Outcome::AlreadyRunning];
+        task::run(api, &start).await.map_err(|f| f.error(&what))?;
         tracing::info!(vmid, "started the VM");
         running = true;
     } else if !inputs.started && running {
         stop(api, &node, vmid, inputs).await?;
         running = false;
+        restarted = true;
+    }
+    if restarted {
+        // Stopping applied the pending changes: show what runs now.
+        located.config = config_of(api, &node, vmid).await?;
     }
     let guest = if running && inputs.wait_for_agent {
         guest_info(
@@ -1736,10 +2199,11 @@ async fn converge(
         vmid,
         node,
         name: inputs.name.clone(),
-        mac_addresses: macs(&located.config),
+        mac_addresses: macs(&located.config.current),
         ipv4_addresses: guest.ipv4,
         ipv6_addresses: guest.ipv6,
         ssh_host_key: guest.host_key,
+        pending_changes: pending_properties(inputs, &located.config),
     })
 }
 
@@ -1751,49 +2215,119 @@ async fn stop(api: &Api, node: &str, vmid: u32, inputs: &VmInputs) -> Result<()>
         ("timeout".to_string(), seconds.to_string()),
         ("forceStop".to_string(), "1".to_string()),
     ];
-    let shutdown = match api
-        .call(
+    let shutdown = task::run(
+        api,
+        &job(
             Method::POST,
-            &format!("nodes/{node}/qemu/{vmid}/status/shutdown"),
-            &[],
-            &form,
-            Retry::Idempotent,
-        )
-        .await
-    {
-        Ok(upid) => task::wait(
-            api,
-            &upid,
-            &format!("shutting VM {vmid} down"),
-            Duration::from_secs(seconds + 30),
-            "timeouts.shutdownSeconds",
-        )
-        .await
-        .map_err(|e| e.error),
-        Err(e) => Err(e.error),
-    };
-    if let Err(e) = shutdown {
+            node,
+            vmid,
+            "status/shutdown",
+            form,
+            format!("shutting VM {vmid} down"),
+            (
+                Duration::from_secs(seconds + 30),
+                "timeouts.shutdownSeconds",
+            ),
+        ),
+    )
+    .await;
+    if let Err(failure) = shutdown {
+        // A shutdown sent again after a lost answer finds the VM stopped.
+        if !is_running(api, node, vmid).await? {
+            tracing::info!(vmid, "the VM is stopped");
+            return Ok(());
+        }
+        let e = failure.error("shutting the VM down");
         tracing::warn!(vmid, error = %e, "graceful shutdown failed; stopping the VM");
-        let upid = api
-            .call(
-                Method::POST,
-                &format!("nodes/{node}/qemu/{vmid}/status/stop"),
-                &[],
-                &[],
-                Retry::Idempotent,
-            )
-            .await
-            .map_err(|e| e.error.context(format!("stopping VM {vmid}")))?;
-        task::wait(
+        let what = format!("stopping VM {vmid}");
+        task::run(
             api,
-            &upid,
-            &format!("stopping VM {vmid}"),
-            inputs.timeout(inputs.timeouts.task_seconds),
-            "timeouts.taskSeconds",
+            &job(
+                Method::POST,
+                node,
+                vmid,
+                "status/stop",
+                Vec::new(),
+                what.clone(),
+                (
+                    inputs.timeout(inputs.timeouts.task_seconds),
+                    "timeouts.taskSeconds",
+                ),
+            ),
         )
-        .await?;
+        .await
+        .map_err(|f| f.error(&what))?;
     }
     tracing::info!(vmid, "the VM is stopped");
+    Ok(())
+}
+
+/// Destroys the VM with its disks. The DELETE is not sent again blindly:
+/// after a lost answer the VM is looked at first (gone: done; `lock:
+/// destroyed`: the destroy runs, wait for it; otherwise it never arrived,
+/// send it again). A destroy that ends "does not exist" (sent again while
+/// the first ran) is success once the VM is gone.
+async fn destroy(api: &Api, node: &str, vmid: u32, inputs: &VmInputs) -> Result<()> {
+    let path = format!("nodes/{node}/qemu/{vmid}");
+    let query = [
+        ("purge", "1".to_string()),
+        ("destroy-unreferenced-disks", "1".to_string()),
+    ];
+    let what = format!("destroying VM {vmid}");
+    let timeout = inputs.timeout(inputs.timeouts.task_seconds);
+    for attempt in 1..=ATTEMPTS {
+        match api
+            .call(Method::DELETE, &path, &query, &[], Retry::Once)
+            .await
+        {
+            Ok(upid) => {
+                match task::wait(api, &upid, &what, timeout, "timeouts.taskSeconds").await {
+                    Ok(()) => return Ok(()),
+                    Err(failed) if failed.outcome == Outcome::AlreadyGone => {
+                        tracing::info!(vmid, exit = %failed.exitstatus, "an earlier destroy got there first");
+                        return wait_gone(api, node, vmid, inputs).await;
+                    }
+                    Err(failed) if failed.outcome == Outcome::LockTimeout && attempt < ATTEMPTS => {
+                        tracing::warn!(vmid, exit = %failed.exitstatus, "the destroy timed out on the config lock; trying again");
+                        task::pause(attempt).await;
+                    }
+                    Err(failed) => return Err(failed.error),
+                }
+            }
+            Err(e) if e.is_missing_vm() => return Ok(()),
+            Err(e) if e.is_lost() => {
+                tracing::warn!(vmid, reason = %e.reason, "the answer to the DELETE was lost; looking at the VM");
+                match locate(api, node, vmid).await? {
+                    None => return Ok(()),
+                    Some(l) if text(&l.config.current, "lock").as_deref() == Some("destroyed") => {
+                        return wait_gone(api, &l.node, vmid, inputs).await;
+                    }
+                    Some(_) if attempt < ATTEMPTS => task::pause(attempt).await,
+                    Some(_) => return Err(e.error.context(what)),
+                }
+            }
+            Err(e) => return Err(e.error.context(what)),
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// Waits, within `timeouts.taskSeconds`, until the VM's config is gone.
+async fn wait_gone(api: &Api, node: &str, vmid: u32, inputs: &VmInputs) -> Result<()> {
+    let deadline = Instant::now() + inputs.timeout(inputs.timeouts.task_seconds);
+    let mut pause = task::FIRST_POLL;
+    while locate(api, node, vmid).await?.is_some() {
+        if Instant::now() >= deadline {
+            return Err(Error::unavailable(format!(
+                "VM {vmid} is still being destroyed after {}s",
+                inputs.timeouts.task_seconds
+            ))
+            .with_field("timeouts.taskSeconds")
+            .with_hint("the destroy goes on in Proxmox (see the node's task log); run the delete again later"));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 3 / 2).min(task::MAX_POLL);
+    }
     Ok(())
 }
 
@@ -1810,7 +2344,7 @@ async fn guest_info(
     let started = Instant::now();
     let mut pause = Duration::from_millis(200);
     let mut last: String;
-    let has_networks = (0..32).any(|i| located.config.contains_key(&format!("net{i}")));
+    let has_networks = (0..32).any(|i| located.config.current.contains_key(&format!("net{i}")));
     loop {
         match api
             .get(

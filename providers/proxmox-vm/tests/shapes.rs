@@ -178,3 +178,216 @@ fn behaves_like_the_real_api() {
     assert_eq!(pve.api("GET", "version").0, 596);
     assert_eq!(pve.api("GET", "version").0, 200);
 }
+
+/// Behaviours taken from upstream's sources (each named in `pve.rs`):
+/// pending changes, the clone's temporary config, clone refusals, unknown
+/// keys, duplicate starts and destroys, both digest texts, both auth texts.
+#[test]
+fn follows_upstream_qemu_server() {
+    let pve = Pve::start();
+    pve.timing(|t| t.clone = std::time::Duration::from_millis(600));
+    // clone_vm: only `lock: clone` until the first disk is copied; then
+    // name and description, still locked; unlocked at the end.
+    let (_, _, _) = pve.api(
+        "POST",
+        "nodes/pve1/qemu/9000/clone?newid=100&name=a&full=1&pool=operators",
+    );
+    let config = pve.api("GET", "nodes/pve1/qemu/100/config").2["data"].clone();
+    assert_eq!(config["lock"], "clone");
+    assert!(config.get("name").is_none(), "{config}");
+    let resources = pve.api("GET", "cluster/resources").2["data"].clone();
+    let entry = resources
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["vmid"] == 100)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (entry["name"].clone(), entry["lock"].clone()),
+        (json!("VM 100"), json!("clone"))
+    );
+    let active = pve
+        .api(
+            "GET",
+            "nodes/pve1/tasks?source=active&typefilter=qmclone&vmid=9000",
+        )
+        .2["data"]
+        .clone();
+    assert_eq!(active.as_array().unwrap().len(), 1, "{active}");
+    assert_eq!(active[0]["user"], TOKEN_ID);
+    std::thread::sleep(std::time::Duration::from_millis(350));
+    let config = pve.api("GET", "nodes/pve1/qemu/100/config").2["data"].clone();
+    assert_eq!(
+        (config["name"].clone(), config["lock"].clone()),
+        (json!("a"), json!("clone"))
+    );
+    pve.wait_idle();
+    let config = pve.api("GET", "nodes/pve1/qemu/100/config").2["data"].clone();
+    assert!(config.get("lock").is_none());
+    assert!(
+        config["scsi0"]
+            .as_str()
+            .unwrap()
+            .starts_with("local-lvm:vm-100-disk-0"),
+        "full: {config}"
+    );
+    assert_eq!(pve.with(|s| s.pools["operators"].clone()), vec![100]);
+    // Linked clones name their base; `storage` is refused for them, and
+    // local storage cannot go to another node.
+    pve.api("POST", "nodes/pve1/qemu/9000/clone?newid=101&name=b&full=0");
+    pve.wait_idle();
+    let config = pve.api("GET", "nodes/pve1/qemu/101/config").2["data"].clone();
+    assert!(
+        config["scsi0"]
+            .as_str()
+            .unwrap()
+            .starts_with("local-lvm:base-9000-disk-0/vm-101-disk-0"),
+        "{config}"
+    );
+    let (status, reason, _) = pve.api(
+        "POST",
+        "nodes/pve1/qemu/9000/clone?newid=102&full=0&storage=fast",
+    );
+    assert_eq!(
+        (status, reason.as_str()),
+        (500, "parameter 'storage' not allowed for linked clones")
+    );
+    let (status, reason, _) = pve.api(
+        "POST",
+        "nodes/pve1/qemu/9000/clone?newid=102&full=1&target=pve2",
+    );
+    assert_eq!(
+        (status, reason.as_str()),
+        (500, "can't clone VM to node 'pve2' (VM uses local storage)")
+    );
+    // Unknown config keys: 400, naming the key.
+    let (status, _, body) = pve.api("POST", "nodes/pve1/qemu/100/config?corse=2");
+    assert_eq!(status, 400);
+    assert!(
+        body["errors"]["corse"]
+            .as_str()
+            .unwrap()
+            .contains("not defined in schema"),
+        "{body}"
+    );
+    // Pending: a running VM takes hot-pluggable changes at once and keeps
+    // the rest pending until it stops or starts.
+    pve.api("POST", "nodes/pve1/qemu/100/status/start");
+    pve.wait_idle();
+    let (status, _, _) = pve.api(
+        "POST",
+        "nodes/pve1/qemu/100/config?cores=4&memory=4096&tags=x&balloon=1024",
+    );
+    assert_eq!(status, 200);
+    pve.wait_idle();
+    let effective = pve.api("GET", "nodes/pve1/qemu/100/config").2["data"].clone();
+    let current = pve.api("GET", "nodes/pve1/qemu/100/config?current=1").2["data"].clone();
+    assert_eq!(
+        (effective["cores"].clone(), effective["memory"].clone()),
+        (json!(4), json!("4096"))
+    );
+    assert_eq!(
+        (current["cores"].clone(), current["memory"].clone()),
+        (json!(1), json!("2048"))
+    );
+    assert_eq!(
+        (current["tags"].clone(), current["balloon"].clone()),
+        (json!("x"), json!(1024)),
+        "hot-pluggable"
+    );
+    let pending = pve.api("GET", "nodes/pve1/qemu/100/pending").2["data"].clone();
+    let cores = pending
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["key"] == "cores")
+        .unwrap()
+        .clone();
+    assert_eq!(cores, json!({"key": "cores", "value": 1, "pending": 4}));
+    assert!(
+        pending
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["key"] == "digest")
+    );
+    // A start sent again while running ends "already running".
+    let (_, _, upid) = pve.api("POST", "nodes/pve1/qemu/100/status/start");
+    pve.wait_idle();
+    let task = pve
+        .api(
+            "GET",
+            &format!("nodes/pve1/tasks/{}/status", upid["data"].as_str().unwrap()),
+        )
+        .2["data"]
+        .clone();
+    assert_eq!(task["exitstatus"], "VM 100 already running");
+    pve.api("POST", "nodes/pve1/qemu/100/status/shutdown");
+    pve.wait_idle();
+    let current = pve.api("GET", "nodes/pve1/qemu/100/config?current=1").2["data"].clone();
+    assert_eq!(
+        (current["cores"].clone(), current["memory"].clone()),
+        (json!(4), json!("4096")),
+        "applied at stop"
+    );
+    // Digest texts: update_vm_api's, old and new.
+    let (_, reason, _) = pve.api("POST", "nodes/pve1/qemu/100/config?cores=2&digest=00");
+    assert_eq!(reason, "checksum mismatch (file change by other user?)");
+    pve.faults(|f| f.old_texts = true);
+    let (_, reason, _) = pve.api("POST", "nodes/pve1/qemu/100/config?cores=2&digest=00");
+    assert_eq!(reason, "checksum missmatch (file change by other user?)");
+    let (_, reason, _) = pve.api(
+        "PUT",
+        "nodes/pve1/qemu/100/resize?disk=scsi0&size=9G&digest=00",
+    );
+    assert_eq!(
+        reason,
+        "detected modified configuration - file changed by other user? Try again."
+    );
+    // A DELETE sent again while the first destroy runs ends "does not exist".
+    pve.timing(|t| t.task = std::time::Duration::from_millis(300));
+    pve.api("DELETE", "nodes/pve1/qemu/100");
+    assert_eq!(pve.config(100).unwrap()["lock"], "destroyed");
+    let (_, _, upid) = pve.api("DELETE", "nodes/pve1/qemu/100");
+    pve.wait_idle();
+    let task = pve
+        .api(
+            "GET",
+            &format!("nodes/pve1/tasks/{}/status", upid["data"].as_str().unwrap()),
+        )
+        .2["data"]
+        .clone();
+    assert_eq!(
+        task["exitstatus"],
+        "Configuration file 'nodes/pve1/qemu-server/100.conf' does not exist"
+    );
+    assert!(pve.config(100).is_none());
+    // Token failures: "Authentication failed!" since pve-manager 9.1.5.
+    pve.faults(|f| f.unified_auth_errors = true);
+    let (status, reason, _) = pve.raw("GET", "version", Some(&format!("{TOKEN_ID}=wrong")));
+    assert_eq!((status, reason.as_str()), (401, "Authentication failed!"));
+    // Lock timeouts as a task's exit status, doing nothing; counted.
+    pve.faults(|f| {
+        f.task_lock_timeouts.insert("qmconfig".into(), 1);
+    });
+    let (_, _, upid) = pve.api("POST", "nodes/pve1/qemu/101/config?cores=3");
+    pve.wait_idle();
+    let task = pve
+        .api(
+            "GET",
+            &format!("nodes/pve1/tasks/{}/status", upid["data"].as_str().unwrap()),
+        )
+        .2["data"]
+        .clone();
+    assert_eq!(
+        task["exitstatus"],
+        "can't lock file '/var/lock/qemu-server/lock-101.conf' - got timeout"
+    );
+    assert_eq!(
+        pve.config(101).unwrap().get("cores"),
+        Some(&json!(1)),
+        "nothing changed"
+    );
+    assert_eq!(pve.fired("task_lock_timeout:qmconfig"), 1);
+}

@@ -403,16 +403,21 @@ fn concurrent_creates_get_distinct_vmids() {
     }
 }
 
-/// A create told to abort at fault point `fault`.
+/// A create told to abort at fault point `fault`; checks that it died
+/// there (the provider logs the point before it aborts).
 fn crash_at(fault: &str, declared: &Value) {
     let request = json!({"createResourceRequest": {"type": "vm", "inputProperties": declared, "isStateful": true}});
-    provider().crash_at(fault, request);
+    let stderr = provider().env("FEDI_LOG", "warn").crash_at(fault, request);
+    assert!(
+        stderr.contains("aborting at the injected fault point") && stderr.contains(fault),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn a_create_retried_after_a_crash_adopts_the_clone() {
     let pve = Pve::start();
-    pve.timing(|t| t.clone = std::time::Duration::from_secs(2));
+    pve.timing(|t| t.clone = std::time::Duration::from_secs(4));
     let declared = inputs(&pve, json!({"cores": 3}));
     crash_at("after-clone-started", &declared);
     let ids = pve.vm_ids();
@@ -421,6 +426,13 @@ fn a_create_retried_after_a_crash_adopts_the_clone() {
         pve.config(ids[0]).unwrap()["lock"],
         "clone",
         "the clone still runs"
+    );
+    // clone_vm has not written the name yet (only `lock: clone`): the
+    // re-run must find its clone without it.
+    assert!(
+        pve.config(ids[0]).unwrap().get("name").is_none(),
+        "{:?}",
+        pve.config(ids[0])
     );
 
     let outputs = provider().create("vm", declared.clone(), true).outputs();
@@ -431,6 +443,12 @@ fn a_create_retried_after_a_crash_adopts_the_clone() {
     // Crash after configuring: the retry adopts and starts.
     let other = inputs(&pve, json!({"name": "web2"}));
     crash_at("after-configure", &other);
+    let web2 = pve
+        .vm_ids()
+        .into_iter()
+        .find(|id| pve.config(*id).unwrap()["name"] == "web2")
+        .expect("configured before the crash");
+    assert!(!pve.vm(web2).unwrap().running, "died before the start");
     let outputs = provider().create("vm", other, true).outputs();
     assert_eq!(pve.vm_ids().len(), 2);
     assert!(pve.vm(vmid(&outputs)).unwrap().running);
@@ -730,5 +748,447 @@ fn generated_nix_module_and_reference_are_in_sync() {
     fedi_protocol::testkit::assert_generated_in_sync(
         env!("CARGO_BIN_EXE_fedi-proxmox-vm"),
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."),
+    );
+}
+
+/// The config a running VM runs with (`?current=1`), not the one with
+/// pending changes applied.
+fn running_config(pve: &Pve, id: u32) -> Value {
+    let (status, reason, body) = pve.api("GET", &format!("nodes/pve1/qemu/{id}/config?current=1"));
+    assert_eq!(status, 200, "{reason}");
+    body["data"].clone()
+}
+
+fn count(log: &[String], suffix: &str) -> usize {
+    log.iter().filter(|l| l.ends_with(suffix)).count()
+}
+
+#[test]
+fn resizing_a_running_vm_restarts_it_only_when_a_change_is_pending() {
+    let pve = Pve::start();
+    let declared = inputs(&pve, json!({}));
+    let outputs = provider().create("vm", declared.clone(), true).outputs();
+    let id = vmid(&outputs);
+    // cores and memory are not hot-pluggable with the default hotplug:
+    // pending, so the default `restart` shuts the VM down and starts it.
+    let mut bigger = declared.clone();
+    bigger["cores"] = json!(4);
+    bigger["memory"] = json!(4096);
+    pve.take_log();
+    let updated = provider()
+        .update("vm", bigger.clone(), declared.clone(), outputs)
+        .outputs();
+    let log = pve.take_log();
+    assert_eq!(
+        (
+            count(&log, "/status/shutdown"),
+            count(&log, "/status/start")
+        ),
+        (1, 1),
+        "{log:?}"
+    );
+    let running = running_config(&pve, id);
+    assert_eq!(
+        (running["cores"].clone(), running["memory"].clone()),
+        (json!(4), json!("4096"))
+    );
+    assert!(pve.vm(id).unwrap().running);
+    assert_eq!(updated["pendingChanges"], json!([]));
+    assert!(
+        updated["sshHostKey"].is_string(),
+        "the agent answered again: {updated}"
+    );
+    let read = provider()
+        .read("vm", bigger.clone(), updated.clone())
+        .body("xReadResourceResponse");
+    assert_eq!(read["drift"], json!([]), "{read}");
+    // Tags and balloon are hot-pluggable: no restart for them.
+    let mut tagged = bigger.clone();
+    tagged["tags"] = json!(["web"]);
+    tagged["balloon"] = json!(1024);
+    let after = provider()
+        .update("vm", tagged.clone(), bigger, updated)
+        .outputs();
+    let log = pve.take_log();
+    assert_eq!(
+        count(&log, "/status/shutdown") + count(&log, "/status/start"),
+        0,
+        "{log:?}"
+    );
+    assert_eq!(running_config(&pve, id)["tags"], "web");
+    assert_eq!(after["pendingChanges"], json!([]));
+    assert_eq!(pve.vm_ids(), vec![id]);
+}
+
+#[test]
+fn keep_pending_reports_changes_that_wait_for_a_restart() {
+    let pve = Pve::start();
+    let declared = inputs(&pve, json!({"onPendingChanges": "keep-pending"}));
+    let outputs = provider().create("vm", declared.clone(), true).outputs();
+    let id = vmid(&outputs);
+    let mut bigger = declared.clone();
+    bigger["cores"] = json!(2);
+    bigger["memory"] = json!(3072);
+    bigger["cpu"] = json!({"type": "host"});
+    pve.take_log();
+    let updated = provider()
+        .update("vm", bigger.clone(), declared, outputs)
+        .outputs();
+    let log = pve.take_log();
+    assert_eq!(
+        count(&log, "/status/shutdown") + count(&log, "/status/start"),
+        0,
+        "no restart: {log:?}"
+    );
+    assert_eq!(
+        updated["pendingChanges"],
+        json!(["cores", "memory", "cpu.type"])
+    );
+    let running = running_config(&pve, id);
+    assert_eq!(
+        (running["cores"].clone(), running["memory"].clone()),
+        (json!(1), json!("2048")),
+        "still the old size"
+    );
+    assert_eq!(pve.config(id).unwrap()["cores"], 1);
+    assert_eq!(pve.vm(id).unwrap().pending["cores"], 2);
+    // Read says so, truthfully.
+    let read = provider()
+        .read("vm", bigger.clone(), updated.clone())
+        .body("xReadResourceResponse");
+    let drift: Vec<&str> = read["drift"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["property"].as_str().unwrap())
+        .collect();
+    assert_eq!(drift, ["cores", "memory", "cpu.type"], "{read}");
+    assert!(
+        read["drift"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("pending in Proxmox"),
+        "{read}"
+    );
+    assert_eq!(
+        read["outputProperties"]["pendingChanges"],
+        json!(["cores", "memory", "cpu.type"])
+    );
+    // An update with nothing new sends nothing (the change is pending).
+    let again = provider()
+        .update("vm", bigger.clone(), bigger.clone(), updated)
+        .outputs();
+    let log = pve.take_log();
+    assert!(!log.iter().any(|l| l.starts_with("POST")), "{log:?}");
+    // A restart in a maintenance window applies them; read is in sync.
+    pve.api("POST", &format!("nodes/pve1/qemu/{id}/status/shutdown"));
+    pve.wait_idle();
+    pve.api("POST", &format!("nodes/pve1/qemu/{id}/status/start"));
+    pve.wait_idle();
+    let read = provider()
+        .read("vm", bigger.clone(), again)
+        .body("xReadResourceResponse");
+    assert_eq!(read["drift"], json!([]), "{read}");
+    assert_eq!(read["outputProperties"]["pendingChanges"], json!([]));
+    assert_eq!(running_config(&pve, id)["cpu"], "host");
+}
+
+#[test]
+fn memory_hotplug_with_numa_changes_memory_without_a_restart() {
+    let pve = Pve::start();
+    let declared = inputs(
+        &pve,
+        json!({"hotplug": ["network", "disk", "usb", "memory"], "numa": true, "waitForAgent": false}),
+    );
+    let outputs = provider().create("vm", declared.clone(), true).outputs();
+    let id = vmid(&outputs);
+    assert_eq!(
+        pve.config(id).unwrap()["hotplug"],
+        "disk,memory,network,usb"
+    );
+    let mut bigger = declared.clone();
+    bigger["memory"] = json!(8192);
+    pve.take_log();
+    let updated = provider().update("vm", bigger, declared, outputs).outputs();
+    let log = pve.take_log();
+    assert_eq!(count(&log, "/status/shutdown"), 0, "{log:?}");
+    assert_eq!(running_config(&pve, id)["memory"], "8192");
+    assert_eq!(updated["pendingChanges"], json!([]));
+    // Memory hotplug without NUMA is refused before any call.
+    let error = provider()
+        .create(
+            "vm",
+            inputs(&pve, json!({"name": "web2", "hotplug": ["memory"]})),
+            true,
+        )
+        .error_message();
+    assert!(
+        error.contains("invalid input `hotplug`") && error.contains("numa = true"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_lost_answer_to_the_clone_is_looked_at_not_sent_again() {
+    for how in [pve::Loss::Drop, pve::Loss::Proxy596] {
+        let pve = Pve::start();
+        pve.timing(|t| t.clone = std::time::Duration::from_millis(800));
+        pve.faults(|f| {
+            f.lose_answer
+                .push(pve::LostAnswer::new("POST", "/clone", how))
+        });
+        let created = provider().create("vm", inputs(&pve, json!({"waitForAgent": false})), true);
+        let outputs = created.outputs();
+        let fault = match how {
+            pve::Loss::Drop => "lost_answer_drop",
+            pve::Loss::Proxy596 => "lost_answer_596",
+        };
+        assert_eq!(pve.fired(fault), 1, "{how:?}");
+        let log = pve.take_log();
+        assert_eq!(count(&log, "/clone"), 1, "not sent again: {log:?}");
+        assert_eq!(pve.vm_ids(), vec![vmid(&outputs)], "exactly one VM");
+        assert!(
+            created
+                .stderr
+                .contains("the answer to the clone request was lost"),
+            "{}",
+            created.stderr
+        );
+    }
+}
+
+#[test]
+fn a_vmid_clash_in_the_clone_task_takes_another_vmid() {
+    let pve = Pve::start();
+    pve.faults(|f| f.clone_task_vmid_clash = 1);
+    let outputs = provider()
+        .create("vm", inputs(&pve, json!({"waitForAgent": false})), true)
+        .outputs();
+    assert_eq!(pve.fired("clone_task_vmid_clash"), 1);
+    let ids = pve.vm_ids();
+    assert_eq!(ids.len(), 2, "ours and the concurrent clone's: {ids:?}");
+    assert_eq!(vmid(&outputs), 101);
+    assert_eq!(
+        pve.config(100).unwrap()["name"],
+        "someone-elses-clone",
+        "left alone"
+    );
+    // With a fixed VMID it is a clear error naming `vmid`.
+    pve.faults(|f| f.clone_task_vmid_clash = 1);
+    let error = provider()
+        .create(
+            "vm",
+            inputs(
+                &pve,
+                json!({"name": "web2", "vmid": 500, "waitForAgent": false}),
+            ),
+            true,
+        )
+        .error_message();
+    assert!(
+        error.contains("`vmid`") && error.contains("config file already exists"),
+        "{error}"
+    );
+}
+
+#[test]
+fn lock_timeouts_inside_tasks_are_retried_everywhere() {
+    let pve = Pve::start();
+    pve.faults(|f| {
+        for kind in ["qmconfig", "qmresize", "qmstart"] {
+            f.task_lock_timeouts.insert(kind.into(), 1);
+        }
+    });
+    let declared = inputs(
+        &pve,
+        json!({"cores": 2, "disks": [{"slot": "scsi0", "sizeGib": 8}]}),
+    );
+    let created = provider().create("vm", declared.clone(), true);
+    let outputs = created.outputs();
+    for kind in ["qmconfig", "qmresize", "qmstart"] {
+        assert_eq!(pve.fired(&format!("task_lock_timeout:{kind}")), 1, "{kind}");
+    }
+    let id = vmid(&outputs);
+    assert_eq!(pve.vm_ids(), vec![id]);
+    assert_eq!(pve.config(id).unwrap()["cores"], 2);
+    assert!(pve.vm(id).unwrap().running);
+    pve.faults(|f| {
+        for kind in ["qmshutdown", "qmdestroy"] {
+            f.task_lock_timeouts.insert(kind.into(), 1);
+        }
+    });
+    provider()
+        .delete("vm", declared, outputs)
+        .body("xDeleteResourceResponse");
+    for kind in ["qmshutdown", "qmdestroy"] {
+        assert_eq!(pve.fired(&format!("task_lock_timeout:{kind}")), 1, "{kind}");
+    }
+    assert!(pve.vm_ids().is_empty(), "nothing left behind");
+}
+
+#[test]
+fn lost_answers_to_start_and_delete_and_a_duplicate_delete_end_well() {
+    let pve = Pve::start();
+    pve.faults(|f| {
+        f.lose_answer.push(pve::LostAnswer::new(
+            "POST",
+            "/status/start",
+            pve::Loss::Proxy596,
+        ))
+    });
+    let declared = inputs(&pve, json!({}));
+    let outputs = provider().create("vm", declared.clone(), true).outputs();
+    let id = vmid(&outputs);
+    assert_eq!(pve.fired("lost_answer_596"), 1);
+    assert!(
+        pve.vm(id).unwrap().running,
+        "the resent start ended `already running`"
+    );
+    // The DELETE's answer is lost while the destroy goes on.
+    pve.timing(|t| t.task = std::time::Duration::from_millis(400));
+    pve.faults(|f| {
+        f.lose_answer.push(pve::LostAnswer::new(
+            "DELETE",
+            &format!("/qemu/{id}"),
+            pve::Loss::Proxy596,
+        ))
+    });
+    pve.take_log();
+    let deleted = provider().delete("vm", declared.clone(), outputs.clone());
+    deleted.body("xDeleteResourceResponse");
+    assert_eq!(pve.fired("lost_answer_596"), 2);
+    assert_eq!(
+        count(&pve.take_log(), &format!("/qemu/{id}")),
+        1,
+        "the DELETE was not sent again"
+    );
+    assert!(pve.vm_ids().is_empty());
+    // A destroy already running when the delete sends its own: that one
+    // ends "does not exist", which is success once the VM is gone.
+    let outputs = provider().create("vm", declared.clone(), true).outputs();
+    let id = vmid(&outputs);
+    pve.api("POST", &format!("nodes/pve1/qemu/{id}/status/stop"));
+    pve.wait_idle();
+    pve.timing(|t| t.task = std::time::Duration::from_millis(1500));
+    pve.api("DELETE", &format!("nodes/pve1/qemu/{id}"));
+    let deleted = provider().delete("vm", declared, outputs);
+    deleted.body("xDeleteResourceResponse");
+    assert!(
+        deleted
+            .stderr
+            .contains("an earlier destroy got there first"),
+        "{}",
+        deleted.stderr
+    );
+    assert!(pve.vm_ids().is_empty());
+}
+
+#[test]
+fn a_stale_digest_is_retried_with_either_upstream_text() {
+    for old in [false, true] {
+        let pve = Pve::start();
+        pve.faults(|f| f.old_texts = old);
+        let declared = inputs(&pve, json!({"waitForAgent": false}));
+        let outputs = provider().create("vm", declared.clone(), true).outputs();
+        pve.faults(|f| f.stale_digests = 1);
+        let mut changed = declared.clone();
+        changed["description"] = json!("new notes");
+        let updated = provider()
+            .update("vm", changed, declared, outputs)
+            .outputs();
+        assert_eq!(pve.fired("stale_digest"), 1);
+        assert!(
+            pve.config(vmid(&updated)).unwrap()["description"]
+                .as_str()
+                .unwrap()
+                .starts_with("new notes")
+        );
+    }
+}
+
+#[test]
+fn what_is_sent_is_what_the_inputs_say_and_small_disks_are_refused_before_cloning() {
+    let pve = Pve::start();
+    let declared = inputs(
+        &pve,
+        json!({"fullClone": true, "storage": "fast", "pool": "operators", "waitForAgent": false}),
+    );
+    provider().create("vm", declared, true).outputs();
+    let clone = pve
+        .take_requests()
+        .into_iter()
+        .find(|r| r.path.ends_with("/clone"))
+        .unwrap();
+    assert_eq!(clone.params.get("full").map(String::as_str), Some("1"));
+    assert_eq!(
+        clone.params.get("storage").map(String::as_str),
+        Some("fast")
+    );
+    assert_eq!(
+        clone.params.get("pool").map(String::as_str),
+        Some("operators")
+    );
+    assert_eq!(pve.with(|s| s.pools["operators"].len()), 1);
+    let linked = inputs(
+        &pve,
+        json!({"name": "web2", "fullClone": false, "storage": "fast", "waitForAgent": false}),
+    );
+    let outputs = provider().create("vm", linked, true).outputs();
+    let clone = pve
+        .take_requests()
+        .into_iter()
+        .find(|r| r.path.ends_with("/clone"))
+        .unwrap();
+    assert_eq!(clone.params.get("full").map(String::as_str), Some("0"));
+    assert!(
+        !clone.params.contains_key("storage"),
+        "no storage for linked clones"
+    );
+    assert!(!clone.params.contains_key("pool"));
+    let scsi0 = pve.config(vmid(&outputs)).unwrap()["scsi0"].clone();
+    assert!(
+        scsi0
+            .as_str()
+            .unwrap()
+            .starts_with("local-lvm:base-9000-disk-0/"),
+        "{scsi0}"
+    );
+    // The template's disk is 4 GiB: 2 GiB is refused before cloning.
+    let before = pve.vm_ids();
+    pve.take_log();
+    let error = provider()
+        .create(
+            "vm",
+            inputs(
+                &pve,
+                json!({"name": "web3", "disks": [{"slot": "scsi0", "sizeGib": 2}]}),
+            ),
+            true,
+        )
+        .error_message();
+    assert!(
+        error.contains("`disks[0].sizeGib`") && error.contains("template's `scsi0` is 4 GiB"),
+        "{error}"
+    );
+    assert!(!pve.take_log().iter().any(|l| l.ends_with("/clone")));
+    assert_eq!(pve.vm_ids(), before);
+}
+
+#[test]
+fn the_unified_auth_failure_names_the_token_and_endpoint() {
+    let pve = Pve::start();
+    pve.faults(|f| f.unified_auth_errors = true);
+    let wrong = pve.dir.path().join("wrong-token");
+    std::fs::write(&wrong, "not-the-token-0000\n").unwrap();
+    let mut declared = inputs(&pve, json!({}));
+    declared["proxmox"]["tokenSecret"] = json!({"file": wrong});
+    let exchange = provider().create("vm", declared, true);
+    let error = exchange.error_message();
+    assert!(
+        error.contains("401 Authentication failed!")
+            && error.contains(pve::TOKEN_ID)
+            && error.contains(&pve.endpoint())
+            && !error.contains("not-the-token-0000"),
+        "{error}"
     );
 }
