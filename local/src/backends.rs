@@ -4,7 +4,8 @@
 //! configuration that points the configurator at them.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+use anyhow::{Context, Result, anyhow};
 
 use fedi_testbeds::dns::{self, Kind};
 use fedi_testbeds::garage::GarageServer;
@@ -37,35 +38,13 @@ pub struct Backends {
     pub hosting_file: PathBuf,
 }
 
-/// Sets up the private network namespace this process runs in: loopback
-/// and the VMs' bridge.
-pub fn set_up_network() -> Result<(), String> {
-    for args in [
-        vec!["link", "set", "lo", "up"],
-        vec!["link", "add", BRIDGE, "type", "bridge"],
-        vec!["link", "set", BRIDGE, "up"],
-    ] {
-        let output = Command::new("ip")
-            .args(&args)
-            .output()
-            .map_err(|e| format!("cannot run `ip` (install iproute2): {e}"))?;
-        if !output.status.success() {
-            return Err(format!(
-                "ip {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&output.stderr).trim()
-            ));
-        }
-    }
-    Ok(())
-}
-
 impl Backends {
     /// Starts everything under `dir`, and writes the hosting configuration
     /// (`dir/hosting.nix`, from `template`: examples/local/hosting.nix).
-    pub fn start(dir: &Path, template: &Path) -> Result<Backends, String> {
+    pub fn start(dir: &Path, template: &Path) -> Result<Backends> {
         let guests_dir = dir.join("guests");
-        std::fs::create_dir_all(&guests_dir).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&guests_dir)
+            .with_context(|| format!("cannot create {}", guests_dir.display()))?;
         // Garage takes the longest to come up: start it beside the others.
         let garage = std::thread::spawn(GarageServer::start);
         let dns = dns::Server::start_with_zones(Kind::Knot, &[(ZONE, ZONE_FILE)]);
@@ -74,7 +53,7 @@ impl Backends {
         pve.add_template(9001, "nixos-cloudinit", "pve1");
         let garage = garage
             .join()
-            .map_err(|_| "Garage did not start; its log is above".to_string())?;
+            .map_err(|_| anyhow!("Garage did not start; its log is above"))?;
 
         let backends = json!({
             "stateDir": dir,
@@ -102,7 +81,8 @@ impl Backends {
             },
         });
         let backends_file = dir.join("backends.json");
-        std::fs::write(&backends_file, backends.to_string()).map_err(|e| e.to_string())?;
+        std::fs::write(&backends_file, backends.to_string())
+            .with_context(|| format!("cannot write {}", backends_file.display()))?;
         let hosting_file = dir.join("hosting.nix");
         std::fs::write(
             &hosting_file,
@@ -113,7 +93,7 @@ impl Backends {
                 backends_file.display()
             ),
         )
-        .map_err(|e| e.to_string())?;
+        .with_context(|| format!("cannot write {}", hosting_file.display()))?;
         Ok(Backends {
             garage,
             dns,

@@ -9,9 +9,13 @@
 //! whose provider or type changed is deleted and created anew.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
 
 use fedi_protocol::client::{CpuTime, ProviderClient};
 use fedi_protocol::wire::{
@@ -116,6 +120,39 @@ pub struct Engine {
     pub system_builder: PathBuf,
     /// Scratch files and provider logs.
     pub work_dir: PathBuf,
+    /// How many provider operations may run at once; `None`: every ready
+    /// one (as NixOps4 does). One gives the sequential baseline the
+    /// benchmark compares with.
+    pub max_jobs: Option<NonZeroUsize>,
+    /// The providers' log filter (`FEDI_LOG`, e.g. `trace`); `None`: what
+    /// this process's environment says.
+    pub provider_log: Option<String>,
+}
+
+/// Operations that failed side by side: each with its own causes.
+#[derive(Debug)]
+pub struct Failures(pub Vec<anyhow::Error>);
+
+impl fmt::Display for Failures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} operations failed:", self.0.len())?;
+        for e in &self.0 {
+            write!(f, "\n  - {e:#}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Failures {}
+
+/// One error for what failed: the single failure itself (its causes
+/// intact), or all of them.
+fn combine(mut failures: Vec<anyhow::Error>) -> Result<()> {
+    match failures.len() {
+        0 => Ok(()),
+        1 => Err(failures.remove(0)),
+        _ => Err(Failures(failures).into()),
+    }
 }
 
 /// A provider operation to run.
@@ -132,7 +169,7 @@ struct Job {
 impl Engine {
     /// Applies the configuration: creates and updates until nothing is
     /// pending, then deletes what the configuration no longer has.
-    pub fn apply(&self, state: &mut StateFile) -> Result<Report, String> {
+    pub fn apply(&self, state: &mut StateFile) -> Result<Report> {
         let started = Instant::now();
         let mut report = Report::default();
         let mut settled: BTreeMap<String, Properties> = BTreeMap::new();
@@ -183,10 +220,10 @@ impl Engine {
                 if graph.pending.is_empty() {
                     break graph;
                 }
-                return Err(format!(
+                bail!(
                     "stuck: {} wait for outputs no resource will give; see the configurator's graph",
                     graph.pending.join(", ")
-                ));
+                );
             }
             let mut jobs = Vec::new();
             for name in todo {
@@ -261,7 +298,7 @@ impl Engine {
     }
 
     /// Deletes every resource of the state, dependents first.
-    pub fn destroy(&self, state: &mut StateFile) -> Result<Report, String> {
+    pub fn destroy(&self, state: &mut StateFile) -> Result<Report> {
         let started = Instant::now();
         let mut report = Report::default();
         let all: BTreeSet<String> = state.state.resources.keys().cloned().collect();
@@ -277,14 +314,14 @@ impl Engine {
         mut names: BTreeSet<String>,
         state: &mut StateFile,
         report: &mut Report,
-    ) -> Result<(), String> {
+    ) -> Result<()> {
         while !names.is_empty() {
             let first = state.deletable_first(&names);
             if first.is_empty() {
-                return Err(format!(
+                bail!(
                     "the recorded dependencies of {} form a cycle; the state is damaged",
                     names.iter().cloned().collect::<Vec<_>>().join(", ")
-                ));
+                );
             }
             let jobs = first
                 .iter()
@@ -298,36 +335,46 @@ impl Engine {
         Ok(())
     }
 
-    /// Runs jobs side by side, recording each success in the state as it
-    /// comes; returns the outputs of the creates and updates, or every
-    /// failure's message once all have ended.
+    /// Runs jobs side by side (at most [`Engine::max_jobs`] at once),
+    /// recording each success in the state as it comes; returns the
+    /// outputs of the creates and updates, or every failure once all have
+    /// ended.
     fn run(
         &self,
         jobs: Vec<Job>,
         state: &mut StateFile,
         report: &mut Report,
-    ) -> Result<Vec<(String, Properties)>, String> {
+    ) -> Result<Vec<(String, Properties)>> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+            .context("cannot start the async runtime")?;
         let logs = self.work_dir.join("logs");
-        std::fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))?;
+        std::fs::create_dir_all(&logs)
+            .with_context(|| format!("cannot create {}", logs.display()))?;
+        let limit = self.max_jobs.map_or(usize::MAX, NonZeroUsize::get);
         let mut outputs = Vec::new();
-        let mut failures = Vec::new();
+        let mut failures: Vec<anyhow::Error> = Vec::new();
         runtime.block_on(async {
             let mut running = tokio::task::JoinSet::new();
-            for job in jobs {
-                let exe = self.providers_dir.join(format!("fedi-{}", job.provider));
-                let log =
-                    logs.join(format!("{}.{:?}.log", job.resource, job.action).to_lowercase());
-                running.spawn(async move {
-                    let started = Instant::now();
-                    let result = exchange(&exe, &job.request, &log).await;
-                    (job, log, started.elapsed(), result)
-                });
-            }
-            while let Some(joined) = running.join_next().await {
+            let mut waiting = jobs.into_iter();
+            loop {
+                while running.len() < limit {
+                    let Some(job) = waiting.next() else { break };
+                    let exe = self.providers_dir.join(format!("fedi-{}", job.provider));
+                    let log =
+                        logs.join(format!("{}.{:?}.log", job.resource, job.action).to_lowercase());
+                    let log_filter = self.provider_log.clone();
+                    running.spawn(async move {
+                        let started = Instant::now();
+                        let result =
+                            exchange(&exe, &job.request, &log, log_filter.as_deref()).await;
+                        (job, log, started.elapsed(), result)
+                    });
+                }
+                let Some(joined) = running.join_next().await else {
+                    break;
+                };
                 let (job, log, wall, result) = joined.expect("operations do not panic");
                 match result {
                     Ok((response, cpu)) => {
@@ -353,10 +400,15 @@ impl Engine {
                                     },
                                 )
                             }
-                            (Some(_), None) => Err("the provider answered without outputs".into()),
+                            (Some(_), None) => {
+                                Err(anyhow!("the provider answered without outputs"))
+                            }
                         };
                         if let Err(e) = recorded {
-                            failures.push(e);
+                            failures.push(e.context(format!(
+                                "{} ({:?}) succeeded but could not be recorded",
+                                job.resource, job.action
+                            )));
                         }
                         report.operations.push(Operation {
                             resource: job.resource,
@@ -368,41 +420,43 @@ impl Engine {
                             cpu_tools: cpu.map(|c| c.children.as_secs_f64()),
                         });
                     }
-                    Err(message) => {
+                    Err(error) => {
                         progress(&format!("  FAILED    {} ({:?})", job.resource, job.action));
-                        failures.push(format!(
-                            "{} ({}/{}): {message}\n    (provider log: {})",
+                        failures.push(error.context(format!(
+                            "{} {} ({}/{}) failed (provider log: {})",
+                            match job.action {
+                                Action::Create => "creating",
+                                Action::Update => "updating",
+                                Action::Delete => "deleting",
+                            },
                             job.resource,
                             job.provider,
                             job.type_,
                             log.display()
-                        ));
+                        )));
                     }
                 }
             }
         });
-        if failures.is_empty() {
-            Ok(outputs)
-        } else {
-            Err(failures.join("\n"))
-        }
+        combine(failures)?;
+        Ok(outputs)
     }
 
     /// Builds the stand-in NixOS system of `app` from its `service`.
-    fn build_system(&self, app: &str, service: &Value) -> Result<String, String> {
-        let output = std::process::Command::new("nix-build")
-            .args(["--no-out-link", "--quiet", "--option", "substituters", ""])
+    fn build_system(&self, app: &str, service: &Value) -> Result<String> {
+        let output = fedi_testbeds::nix::command("nix-build")
+            .args(["--no-out-link", "--quiet"])
             .arg(&self.system_builder)
             .args(["--argstr", "application", app])
             .args(["--argstr", "serviceJson", &service.to_string()])
             .stdin(Stdio::null())
             .output()
-            .map_err(|e| format!("cannot run nix-build (install nix-bin): {e}"))?;
+            .context("cannot run nix-build (install nix-bin)")?;
         if !output.status.success() {
-            return Err(format!(
+            bail!(
                 "building the system of {app} failed:\n{}",
                 String::from_utf8_lossy(&output.stderr).trim()
-            ));
+            );
         }
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
     }
@@ -435,41 +489,56 @@ async fn exchange(
     exe: &Path,
     request: &Request,
     log: &Path,
-) -> Result<(Option<Properties>, Option<CpuTime>), String> {
+    log_filter: Option<&str>,
+) -> Result<(Option<Properties>, Option<CpuTime>)> {
     if !exe.is_file() {
-        return Err(format!(
+        bail!(
             "the provider {} is not built; run `cargo build --workspace --bins`",
             exe.display()
-        ));
+        );
     }
     let log_file =
-        std::fs::File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
     let mut command = tokio::process::Command::new(exe);
+    if let Some(filter) = log_filter {
+        command.env(fedi_protocol::logging::LOG_ENV, filter);
+    }
+    // nixos-config's `nix copy` under the project's Nix configuration too.
+    fedi_testbeds::nix::isolate_tokio(&mut command);
     command.stderr(log_file);
-    let mut client = ProviderClient::spawn_command(command).map_err(|e| e.to_string())?;
-    let response = client.request(request).await.map_err(|e| e.to_string())?;
-    let cpu = client.close_measured().await.map_err(|e| e.to_string())?;
+    let mut client = ProviderClient::spawn_command(command)
+        .with_context(|| format!("cannot start {}", exe.display()))?;
+    let response = client
+        .request(request)
+        .await
+        .context("no answer from the provider")?;
+    let cpu = client
+        .close_measured()
+        .await
+        .context("the provider did not end cleanly")?;
     match response {
         Response::CreateResourceResponse(r) => Ok((Some(r.output_properties), cpu)),
         Response::UpdateResourceResponse(r) => Ok((Some(r.output_properties), cpu)),
         Response::XDeleteResourceResponse(_) => Ok((None, cpu)),
-        Response::ErrorResponse(e) => Err(e.message),
-        other => Err(format!("unexpected answer: {other:?}")),
+        // The provider's message is the root cause; it says what to fix.
+        Response::ErrorResponse(e) => Err(anyhow!(e.message)),
+        other => bail!("unexpected answer: {other:?}"),
     }
 }
 
 /// The generated-secret seam: `bytes` random bytes, base64, in `file`
 /// (mode 0600), made once and kept.
-fn ensure_generated_secret(file: &Path, bytes: usize) -> Result<(), String> {
+fn ensure_generated_secret(file: &Path, bytes: usize) -> Result<()> {
     if file.exists() {
         return Ok(());
     }
     let mut secret = vec![0u8; bytes];
     rand_core::RngCore::try_fill_bytes(&mut rand_core::OsRng, &mut secret)
-        .map_err(|e| format!("no randomness for the admin password: {e}"))?;
+        // rand_core's error is no std error without its `std` feature.
+        .map_err(|e| anyhow!("no randomness for the admin password: {e}"))?;
     let text = format!("{}\n", data_encoding::BASE64.encode(&secret));
     fedi_protocol::files::write_private_atomic(file, text.as_bytes())
-        .map_err(|e| format!("cannot write {}: {e}", file.display()))
+        .with_context(|| format!("cannot write the admin password {}", file.display()))
 }
 
 /// A progress line for the user (stdout is this tool's report).

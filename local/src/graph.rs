@@ -3,9 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -89,13 +90,13 @@ impl Configurator {
         outputs: &BTreeMap<String, Map<String, Value>>,
         systems: &BTreeMap<String, String>,
         scratch: &Path,
-    ) -> Result<(Graph, Duration), String> {
+    ) -> Result<(Graph, Duration)> {
         let outputs_file = scratch.join("outputs.json");
         let systems_file = scratch.join("systems.json");
         write_json(&outputs_file, outputs)?;
         write_json(&systems_file, systems)?;
         let started = Instant::now();
-        let output = Command::new("nix-instantiate")
+        let output = fedi_testbeds::nix::command("nix-instantiate")
             .args(["--eval", "--strict", "--json", "--readonly-mode"])
             .arg(&self.eval_nix)
             .arg("--argstr")
@@ -112,21 +113,23 @@ impl Configurator {
             .arg(&systems_file)
             .stdin(Stdio::null())
             .output()
-            .map_err(|e| format!("cannot run nix-instantiate (install nix-bin): {e}"))?;
+            .context("cannot run nix-instantiate (install nix-bin)")?;
         let took = started.elapsed();
         if !output.status.success() {
-            return Err(format!(
-                "the configurator refused the configuration:\n{}",
+            bail!(
+                "the configurator refused the configuration (panel {}):\n{}",
+                self.panel.display(),
                 String::from_utf8_lossy(&output.stderr).trim()
-            ));
+            );
         }
         let graph = serde_json::from_slice(&output.stdout)
-            .map_err(|e| format!("the configurator's graph has an unexpected shape: {e}"))?;
+            .context("the configurator's graph has an unexpected shape")?;
         Ok((graph, took))
     }
 }
 
-fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), String> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
-    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)
+        .with_context(|| format!("cannot serialize {}", path.display()))?;
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }

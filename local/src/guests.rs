@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use anyhow::{Context, Result, bail};
 use fedi_testbeds::pve::{Guest, Guests};
 use fedi_testbeds::ssh_host::SshHost;
 use percent_encoding::percent_decode_str;
@@ -47,21 +48,41 @@ pub fn addresses(vmid: u32) -> (Ipv4Addr, Ipv6Addr) {
     (v4, v6)
 }
 
-fn ip(args: &[&str]) -> Result<(), String> {
+fn ip(args: &[&str]) -> Result<()> {
     let output = Command::new("ip")
         .args(args)
         .output()
-        .map_err(|e| format!("cannot run `ip` (install iproute2): {e}"))?;
+        .context("cannot run `ip` (install iproute2)")?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     if output.status.success() || stderr.contains("File exists") {
         Ok(())
     } else {
-        Err(format!("ip {}: {}", args.join(" "), stderr.trim()))
+        bail!("ip {}: {}", args.join(" "), stderr.trim())
     }
 }
 
+/// Puts the VM's addresses on the bridge (its "DHCP lease").
+fn lease(v4: Ipv4Addr, v6: Ipv6Addr) -> Result<()> {
+    ip(&["addr", "add", &format!("{v4}/16"), "dev", BRIDGE])
+        .with_context(|| format!("cannot give the guest {v4}"))?;
+    ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{v6}/64"),
+        "dev",
+        BRIDGE,
+        "nodad",
+    ])
+    .with_context(|| format!("cannot give the guest {v6}"))
+}
+
 impl Guests for LocalGuests {
-    fn boot(&mut self, vmid: u32, config: &Map<String, Value>) -> Result<Guest, String> {
+    fn boot(
+        &mut self,
+        vmid: u32,
+        config: &Map<String, Value>,
+    ) -> std::result::Result<Guest, String> {
         let user = config
             .get("ciuser")
             .and_then(Value::as_str)
@@ -78,16 +99,9 @@ impl Guests for LocalGuests {
             .map(|keys| percent_decode_str(keys).decode_utf8_lossy().into_owned())
             .ok_or("cloud-init has no SSH keys (sshkeys): nobody could log in")?;
         let (v4, v6) = addresses(vmid);
-        ip(&["addr", "add", &format!("{v4}/16"), "dev", BRIDGE])?;
-        ip(&[
-            "-6",
-            "addr",
-            "add",
-            &format!("{v6}/64"),
-            "dev",
-            BRIDGE,
-            "nodad",
-        ])?;
+        // The trait speaks in messages (the test server puts them in the
+        // task log); keep every cause in the text.
+        lease(v4, v6).map_err(|e| format!("{e:#}"))?;
         let host = SshHost::boot(&disk(&self.root, vmid), IpAddr::V4(v4), &keys);
         let guest = Guest {
             addresses: vec![(IpAddr::V4(v4), 16), (IpAddr::V6(v6), 64)],

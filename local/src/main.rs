@@ -9,31 +9,23 @@
 
 #![allow(clippy::print_stdout)] // the progress and the views are this tool's output
 
-mod backends;
-mod engine;
-mod graph;
-mod guests;
-mod state;
-mod verify;
-
 use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::{Context, Result, bail};
 use clap::Parser;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::backends::Backends;
-use crate::engine::{Action, Engine, Report, progress};
-use crate::graph::Configurator;
-use crate::state::{State, StateFile};
-use crate::verify::Checked;
-
-/// Marks the re-executed process that already runs in the private
-/// network namespace.
-const IN_NAMESPACE: &str = "FEDI_LOCAL_IN_NETNS";
+use fedi_local::backends::{self, Backends};
+use fedi_local::engine::{self, Action, Report, progress};
+use fedi_local::session::{Options, Session};
+use fedi_local::state::State;
+use fedi_local::verify::{self, Checked};
+use fedi_local::{guests, netns, repo};
 
 /// Deploy the example operator configuration onto local backends, change
 /// it, and tear it down, checking every step.
@@ -59,11 +51,14 @@ struct Cli {
     /// Stop after the changed panel (do not destroy).
     #[arg(long)]
     keep: bool,
-}
-
-/// The repository (configurator, examples), as built.
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    /// Run at most this many provider operations at once. Default: every
+    /// ready one side by side, as NixOps4 does; 1 applies one after another.
+    #[arg(long)]
+    jobs: Option<NonZeroUsize>,
+    /// The providers' log filter (their `FEDI_LOG`: `error` ... `trace`, or
+    /// directives). Default: this environment's `FEDI_LOG`, else `info`.
+    #[arg(long, value_name = "FILTER")]
+    provider_log: Option<String>,
 }
 
 /// One phase's result, for the report.
@@ -77,13 +72,18 @@ struct Phase {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if std::env::var_os(IN_NAMESPACE).is_none() {
+    if !netns::inside() {
         return reexec_in_private_network();
     }
-    match run(cli) {
+    exit(run(cli))
+}
+
+fn exit(result: Result<()>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("error: {message}");
+        Err(error) => {
+            // `{:#}`: the whole chain, what was being done down to the cause.
+            eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
     }
@@ -92,83 +92,49 @@ fn main() -> ExitCode {
 /// Runs this program again in a new network namespace (needs root): the
 /// VMs' addresses and every backend's port live there and vanish with it.
 fn reexec_in_private_network() -> ExitCode {
-    let exe = match std::env::current_exe() {
-        Ok(exe) => exe,
-        Err(e) => {
-            eprintln!("error: cannot find this program: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let status = Command::new("unshare")
-        .arg("--net")
-        .arg("--")
-        .arg(exe)
-        .args(std::env::args_os().skip(1))
-        .env(IN_NAMESPACE, "1")
-        .status();
+    let status = std::env::current_exe()
+        .context("cannot find this program")
+        .and_then(|exe| {
+            netns::command(&exe, std::env::args_os().skip(1))
+                .status()
+                .context("cannot run unshare (util-linux)")
+        });
     match status {
         Ok(s) if s.success() => ExitCode::SUCCESS,
         Ok(s) => {
-            if s.code() == Some(1) && !is_root() {
+            // The run in the namespace has said what failed.
+            if s.code() == Some(1) && !netns::is_root() {
                 eprintln!(
                     "hint: fedi-local makes a private network namespace and mount namespaces for its guests: run it as root"
                 );
             }
             ExitCode::FAILURE
         }
-        Err(e) => {
-            eprintln!("error: cannot run unshare (util-linux): {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => exit(Err(e)),
     }
 }
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
-}
-
-fn run(cli: Cli) -> Result<(), String> {
-    backends::set_up_network()?;
-    let dir = match &cli.state_dir {
-        Some(dir) => {
-            if dir.exists()
-                && std::fs::read_dir(dir)
-                    .map_err(|e| e.to_string())?
-                    .next()
-                    .is_some()
-            {
-                return Err(format!(
-                    "--state-dir {} is not empty; the backends of an earlier run are gone with it, so start in a new directory",
-                    dir.display()
-                ));
-            }
-            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-            dir.clone()
-        }
-        None => tempfile::Builder::new()
-            .prefix("fedi-local-")
-            .tempdir()
-            .map_err(|e| e.to_string())?
-            .keep(),
-    };
-    let dir = dir.canonicalize().map_err(|e| e.to_string())?;
+fn run(cli: Cli) -> Result<()> {
     let providers_dir = match cli.providers_dir {
         Some(d) => d,
         None => std::env::current_exe()
-            .map_err(|e| e.to_string())?
+            .context("cannot find this program (the providers are beside it)")?
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_default(),
     };
-
+    let mut session = Session::start(Options {
+        state_dir: cli.state_dir.clone(),
+        providers_dir,
+        max_jobs: cli.jobs,
+        provider_log: cli.provider_log.clone(),
+    })?;
+    let dir = session.dir.clone();
+    let backends = &session.backends;
     println!(
         "== Local backends (private network namespace; state in {})",
         dir.display()
     );
-    let backends = Backends::start(&dir, &repo().join("examples/local/hosting.nix"))?;
     println!("  Proxmox VE API test server  {}", backends.pve.endpoint());
     println!(
         "  Garage admin API            http://127.0.0.1:{}",
@@ -184,17 +150,6 @@ fn run(cli: Cli) -> Result<(), String> {
         guests::BRIDGE
     );
 
-    let mut engine = Engine {
-        configurator: Configurator {
-            eval_nix: repo().join("nix/configurator/eval.nix"),
-            panel: cli.panel.clone(),
-            hosting: backends.hosting_file.clone(),
-        },
-        providers_dir,
-        system_builder: repo().join("local/nix/service-system.nix"),
-        work_dir: dir.clone(),
-    };
-    let mut state = StateFile::open(&dir.join("state.json"))?;
     let mut records_seen = BTreeSet::new();
     let mut secrets = BTreeSet::new();
     let mut phases = Vec::new();
@@ -204,11 +159,12 @@ fn run(cli: Cli) -> Result<(), String> {
         ("apply changed panel", &cli.changed_panel),
     ] {
         println!("\n== {name}: {}", panel.display());
-        engine.configurator.panel = panel.clone();
-        let report = engine.apply(&mut state)?;
-        let checked = check(&backends, &state.state, &mut records_seen)?;
-        check_secrets(&backends, &dir, &mut secrets)?;
-        operator_view(&state.state, &report, panel);
+        let report = session.apply(panel)?;
+        let checked = check(&session.backends, &session.state.state, &mut records_seen)
+            .with_context(|| format!("after {name}"))?;
+        check_secrets(&session.backends, &dir, &mut secrets)
+            .with_context(|| format!("after {name}"))?;
+        operator_view(&session.state.state, &report, panel);
         provider_view(&report);
         phases.push(Phase {
             name: name.into(),
@@ -219,9 +175,10 @@ fn run(cli: Cli) -> Result<(), String> {
     }
     if !cli.keep {
         println!("\n== destroy");
-        let report = engine.destroy(&mut state)?;
-        let checked = check(&backends, &state.state, &mut records_seen)?;
-        check_secrets(&backends, &dir, &mut secrets)?;
+        let report = session.destroy()?;
+        let checked = check(&session.backends, &session.state.state, &mut records_seen)
+            .context("after destroy")?;
+        check_secrets(&session.backends, &dir, &mut secrets).context("after destroy")?;
         provider_view(&report);
         phases.push(Phase {
             name: "destroy".into(),
@@ -231,8 +188,9 @@ fn run(cli: Cli) -> Result<(), String> {
         });
     }
     if let Some(path) = &cli.report {
-        let text = serde_json::to_string_pretty(&phases).map_err(|e| e.to_string())?;
-        std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text = serde_json::to_string_pretty(&phases).context("cannot serialize the report")?;
+        std::fs::write(path, text)
+            .with_context(|| format!("cannot write the report {}", path.display()))?;
     }
     println!("\nState, keys and provider logs: {}", dir.display());
     Ok(())
@@ -243,7 +201,7 @@ fn check(
     backends: &Backends,
     state: &State,
     records_seen: &mut BTreeSet<(String, String)>,
-) -> Result<Checked, String> {
+) -> Result<Checked> {
     for r in state
         .resources
         .values()
@@ -264,19 +222,15 @@ fn check(
             ));
             Ok(checked)
         }
-        Err(problems) => Err(format!(
+        Err(problems) => bail!(
             "the backends do not match the state:\n  {}",
             problems.join("\n  ")
-        )),
+        ),
     }
 }
 
 /// Fails when a secret of the run is in a provider log.
-fn check_secrets(
-    backends: &Backends,
-    dir: &Path,
-    secrets: &mut BTreeSet<String>,
-) -> Result<(), String> {
+fn check_secrets(backends: &Backends, dir: &Path, secrets: &mut BTreeSet<String>) -> Result<()> {
     verify::collect_secrets(backends, dir, secrets);
     let leaks = verify::leaks(secrets, &dir.join("logs"));
     if leaks.is_empty() {
@@ -286,7 +240,7 @@ fn check_secrets(
         ));
         Ok(())
     } else {
-        Err(leaks.join("\n"))
+        bail!("{}", leaks.join("\n"))
     }
 }
 

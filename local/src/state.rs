@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -59,16 +60,18 @@ pub struct StateFile {
 
 impl StateFile {
     /// Loads `path`, or an empty state when it does not exist.
-    pub fn open(path: &Path) -> Result<StateFile, String> {
+    pub fn open(path: &Path) -> Result<StateFile> {
         let state = match std::fs::read_to_string(path) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| {
+            Ok(text) => serde_json::from_str(&text).with_context(|| {
                 format!(
-                    "the state file {} is not a deployment state ({e}); move it aside to start afresh",
+                    "the state file {} is not a deployment state; move it aside to start afresh",
                     path.display()
                 )
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
-            Err(e) => return Err(format!("cannot read the state {}: {e}", path.display())),
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot read the state {}", path.display()));
+            }
         };
         Ok(StateFile {
             path: path.to_path_buf(),
@@ -77,20 +80,21 @@ impl StateFile {
     }
 
     /// Writes the state (atomically).
-    pub fn save(&self) -> Result<(), String> {
-        let text = serde_json::to_string_pretty(&self.state).map_err(|e| e.to_string())?;
+    pub fn save(&self) -> Result<()> {
+        let text =
+            serde_json::to_string_pretty(&self.state).context("cannot serialize the state")?;
         fedi_protocol::files::write_private_atomic(&self.path, text.as_bytes())
-            .map_err(|e| format!("cannot write the state {}: {e}", self.path.display()))
+            .with_context(|| format!("cannot write the state {}", self.path.display()))
     }
 
     /// Records a resource and saves.
-    pub fn record(&mut self, name: &str, applied: Applied) -> Result<(), String> {
+    pub fn record(&mut self, name: &str, applied: Applied) -> Result<()> {
         self.state.resources.insert(name.to_string(), applied);
         self.save()
     }
 
     /// Forgets a resource and saves.
-    pub fn forget(&mut self, name: &str) -> Result<(), String> {
+    pub fn forget(&mut self, name: &str) -> Result<()> {
         self.state.resources.remove(name);
         self.save()
     }
