@@ -422,8 +422,14 @@ impl Engine {
                     }
                     Err(error) => {
                         progress(&format!("  FAILED    {} ({:?})", job.resource, job.action));
+                        // The log exists once the provider was started.
+                        let log = if log.exists() {
+                            format!(" (provider log: {})", log.display())
+                        } else {
+                            String::new()
+                        };
                         failures.push(error.context(format!(
-                            "{} {} ({}/{}) failed (provider log: {})",
+                            "{} {} ({}/{}) failed{log}",
                             match job.action {
                                 Action::Create => "creating",
                                 Action::Update => "updating",
@@ -432,7 +438,6 @@ impl Engine {
                             job.resource,
                             job.provider,
                             job.type_,
-                            log.display()
                         )));
                     }
                 }

@@ -117,8 +117,7 @@ impl Configurator {
         let took = started.elapsed();
         if !output.status.success() {
             bail!(
-                "the configurator refused the configuration (panel {}):\n{}",
-                self.panel.display(),
+                "the configurator refused the configuration:\n{}",
                 String::from_utf8_lossy(&output.stderr).trim()
             );
         }
