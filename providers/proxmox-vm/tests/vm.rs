@@ -675,6 +675,19 @@ fn tls_pin_ca_file_and_untrusted_certificates() {
             && error.contains("caFile"),
         "{error}"
     );
+    assert!(!error.contains("attempts"), "not retried: {error}");
+    // A CA file that did not sign the certificate: the hint is about that
+    // file, not about setting one.
+    let other = Pve::start();
+    let mut wrong_ca = no_trust.clone();
+    wrong_ca["proxmox"]["caFile"] = json!(other.ca_file);
+    let error = provider().create("vm", wrong_ca, true).error_message();
+    assert!(
+        error.contains("`proxmox.caFile`")
+            && error.contains("not signed by the CA")
+            && !error.contains("attempts"),
+        "{error}"
+    );
 
     let mut with_ca = no_trust;
     with_ca["proxmox"]["caFile"] = json!(pve.ca_file);
