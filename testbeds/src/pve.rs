@@ -1216,6 +1216,76 @@ impl State {
         let timing = self.timing.clone();
         let vm = self.vms.get(&vmid).unwrap().clone();
         let locked = text(&vm.config, "lock");
+        // Every API method's schema has `additionalProperties => 0`
+        // (PVE/API2/Qemu.pm), and PVE::JSONSchema checks booleans.
+        let allowed: Option<&[&str]> = match (method, rest) {
+            ("POST", ["clone"]) => Some(&[
+                "newid",
+                "name",
+                "description",
+                "full",
+                "target",
+                "storage",
+                "pool",
+                "format",
+                "snapname",
+                "bwlimit",
+            ]),
+            ("PUT", ["resize"]) => Some(&["disk", "size", "digest", "skiplock"]),
+            ("POST", ["status", "start"]) => Some(&["skiplock", "timeout", "machine"]),
+            ("POST", ["status", "shutdown"]) => {
+                Some(&["timeout", "forceStop", "keepActive", "skiplock"])
+            }
+            ("POST", ["status", "stop"]) => {
+                Some(&["timeout", "keepActive", "skiplock", "overrule-shutdown"])
+            }
+            ("POST", ["migrate"]) => Some(&[
+                "target",
+                "online",
+                "with-local-disks",
+                "force",
+                "migration_network",
+                "migration_type",
+                "targetstorage",
+                "bwlimit",
+            ]),
+            ("DELETE", []) => Some(&["purge", "destroy-unreferenced-disks", "skiplock"]),
+            ("GET", ["config"]) => Some(&["current", "snapshot"]),
+            _ => None,
+        };
+        if let Some(allowed) = allowed {
+            let booleans = [
+                "full",
+                "online",
+                "with-local-disks",
+                "forceStop",
+                "keepActive",
+                "purge",
+                "destroy-unreferenced-disks",
+                "current",
+                "skiplock",
+            ];
+            let mut errors = Map::new();
+            for (k, v) in params {
+                if !allowed.contains(&k.as_str()) {
+                    errors.insert(k.clone(), json!("property is not defined in schema and the schema does not allow additional properties"));
+                } else if booleans.contains(&k.as_str())
+                    && !["0", "1", "true", "false", "yes", "no", "on", "off"].contains(&v.as_str())
+                {
+                    errors.insert(
+                        k.clone(),
+                        json!(format!("type check ('boolean') failed - got '{v}'")),
+                    );
+                }
+            }
+            if !errors.is_empty() {
+                return Answer::Reply(
+                    400,
+                    "Parameter verification failed.".into(),
+                    Value::Object(errors),
+                );
+            }
+        }
         match (method, rest) {
             // PVE/API2/Qemu.pm, vm_config: pending changes applied, unless
             // `current=1`.

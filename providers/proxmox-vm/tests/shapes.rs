@@ -261,6 +261,16 @@ fn follows_upstream_qemu_server() {
         (status, reason.as_str()),
         (500, "can't clone VM to node 'pve2' (VM uses local storage)")
     );
+    // Parameters outside a method's schema, and bad booleans: 400.
+    let (status, _, body) = pve.api("POST", "nodes/pve1/qemu/9000/clone?newid=102&fulll=1");
+    assert_eq!(status, 400);
+    assert!(body["errors"]["fulll"].is_string(), "{body}");
+    let (status, _, body) = pve.api("POST", "nodes/pve1/qemu/9000/clone?newid=102&full=maybe");
+    assert_eq!(status, 400);
+    assert_eq!(
+        body["errors"]["full"],
+        "type check ('boolean') failed - got 'maybe'"
+    );
     // Unknown config keys: 400, naming the key.
     let (status, _, body) = pve.api("POST", "nodes/pve1/qemu/100/config?corse=2");
     assert_eq!(status, 400);
