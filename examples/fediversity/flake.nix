@@ -48,6 +48,8 @@
             fediversity = {
               panelFile = ./panel.json;
               hostingFile = ./hosting.nix;
+              # Refused if any backend name would be shared with bob's.
+              peers.bob.panelFile = ./panel-mastodon.json;
               state = members.state;
             };
           };
@@ -58,6 +60,7 @@
             fediversity = {
               panelFile = ./panel-mastodon.json;
               hostingFile = ./hosting.nix;
+              peers.alice.panelFile = ./panel.json;
               state = members.state;
             };
           };

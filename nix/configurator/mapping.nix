@@ -28,8 +28,10 @@ let
     attrValues
     concatLists
     concatStringsSep
+    elem
     elemAt
     filter
+    hashString
     genList
     head
     isAttrs
@@ -47,7 +49,13 @@ let
   fail = msg: throw "fediversity configurator: ${msg}";
 
   domain = panel.domain;
-  slug = replaceStrings [ "." ] [ "-" ] domain;
+  # The operator's part of every backend name: the domain with each `-`
+  # doubled and each `.` made `-` (`alice.shop.fedi.test` is
+  # `alice-shop-fedi-test`, `alice-shop.fedi.test` is `alice--shop-fedi-test`).
+  # A domain's labels never start or end with `-` (panel.nix), so no `.` is
+  # next to a `-`: a single `-` was a `.`, a pair a `-`, and the slug gives
+  # the domain back. Names stay as they were for domains without `-`.
+  slug = replaceStrings [ "-" "." ] [ "--" "-" ] domain;
   zone = hosting.dns.zone;
   inZone =
     let
@@ -109,12 +117,40 @@ let
     else
       false;
 
-  checkName =
-    what: name:
-    if stringLength name > 63 then
-      fail "the ${what} \"${name}\" is longer than 63 characters. Fix: choose a shorter domain or application subdomain in the panel."
+  # A backend name within `limit` characters and free of `badPrefixes`:
+  # `name` itself when it is, else a readable part of it, `---` and the
+  # first 16 hex digits of its SHA-256. A name made as above never holds
+  # `---` (a run of `-` in it is one `-`, a `.`, or an even number, doubled
+  # `-`s), so a shortened name never equals a name kept whole, and two
+  # shortened ones are equal only if their hashes are (64 bits).
+  fit =
+    limit: badPrefixes: name:
+    let
+      bad = n: any (p: substring 0 (stringLength p) n == p) badPrefixes;
+      dropBad = n: builtins.foldl' (acc: p: if substring 0 (stringLength p) acc == p then substring (stringLength p) (stringLength acc) acc else acc) n badPrefixes;
+      trim =
+        n:
+        if n != "" && substring 0 1 n == "-" then
+          trim (substring 1 (stringLength n) n)
+        else if n != "" && substring (stringLength n - 1) 1 n == "-" then
+          trim (substring 0 (stringLength n - 1) n)
+        else
+          n;
+      readable = trim (substring 0 (limit - 19) (trim (dropBad name)));
+    in
+    if stringLength name <= limit && !(bad name) then
+      name
     else
-      name;
+      "${if readable == "" then "n" else readable}---${substring 0 16 (hashString "sha256" name)}";
+  # Proxmox VM names are DNS labels; S3 bucket names 3 to 63 characters,
+  # not starting with what S3 reserves; file names at most 255 bytes.
+  vmName = fit 63 [ ];
+  bucketName' = fit 63 [
+    "xn--"
+    "sthree-"
+    "amzn-s3-demo-"
+  ];
+  fileName = fit 255 [ ];
 
   # --- connection settings shared by the resources --------------------------
   proxmox = pick [ "endpoint" "tokenId" "tokenSecret" "caFile" "fingerprint" ] hosting.proxmox;
@@ -128,7 +164,7 @@ let
 
   # --- the operator's resources --------------------------------------------
   deployerKey = "deployer-key";
-  adminPasswordFile = "${hosting.deployer.secretsDir}/${slug}-admin-password";
+  adminPasswordFile = "${hosting.deployer.secretsDir}/${fileName "${slug}-admin-password"}";
 
   operatorResources = {
     ${deployerKey} = {
@@ -138,7 +174,7 @@ let
       dependsOn = [ ];
       inputs = {
         algorithm = "ed25519";
-        privateKeyPath = "${hosting.deployer.keyDir}/${slug}-deployer";
+        privateKeyPath = "${hosting.deployer.keyDir}/${fileName "${slug}-deployer"}";
         comment = "fediversity-deployer@${domain}";
       };
     };
@@ -157,7 +193,7 @@ let
       key = "${app}-s3-key";
       deployment = "${app}-deployment";
       bucketRes = b: "${app}-${b}-bucket";
-      bucketName = b: checkName "bucket name" "${slug}-${app}-${b}";
+      bucketName = b: bucketName' "${slug}-${app}-${b}";
       nodes = hosting.proxmox.nodes;
       fixAddress = "the VM \"${vm}\" must get an address (DHCP on bridge \"${hosting.proxmox.bridge}\") and run the QEMU guest agent, which reports it.";
 
@@ -240,7 +276,7 @@ let
             node = elemAt nodes (index - (index / length nodes) * length nodes);
             template = hosting.proxmox.template;
             inherit (hosting.proxmox) storage;
-            name = checkName "VM name" "${app}-${slug}";
+            name = vmName "${app}-${slug}";
             description = "${def.description} for ${domain} (${fqdn}), managed by the Fediversity configurator.";
             tags = [
               "fediversity"
@@ -275,7 +311,7 @@ let
         inputs = {
           inherit garage;
           name = "${slug}-${app}";
-          secretKeyPath = "${hosting.deployer.s3SecretDir}/${slug}-${app}";
+          secretKeyPath = "${hosting.deployer.s3SecretDir}/${fileName "${slug}-${app}"}";
           allowCreateBucket = false;
           # Exactly these: read and write on the application's own buckets.
           permissions = map (b: {
@@ -343,6 +379,82 @@ let
 
   names = attrNames resources;
 
+  # Every name this operator's resources take on a backend, by the backend
+  # that holds it. Two resources, of one operator or of two
+  # (`checkOperators` in default.nix), must never share one: every provider
+  # would take the other's object for its own. Only panel and hosting
+  # configuration go into these, no output.
+  backendNames =
+    concatLists (
+      map (
+        n:
+        let
+          r = resources.${n};
+          entry = backend: name: {
+            inherit backend name;
+            resource = n;
+          };
+        in
+        if r.provider == "proxmox-vm" then
+          [ (entry "Proxmox VM name" r.inputs.name) ]
+        else if r.provider == "garage-bucket" && r.type == "bucket" then
+          [ (entry "Garage bucket name" r.inputs.name) ]
+        else if r.provider == "garage-bucket" && r.type == "key" then
+          [
+            (entry "Garage key name" r.inputs.name)
+            (entry "file on the deploying machine" r.inputs.secretKeyPath)
+          ]
+        else if r.provider == "ssh-key" then
+          [ (entry "file on the deploying machine" r.inputs.privateKeyPath) ]
+        else if r.provider == "dns-record" then
+          [ (entry "DNS record" "${r.inputs.name} ${r.inputs.type}") ]
+        else
+          [ ]
+      ) names
+    )
+    ++ (
+      if resources == { } then
+        [ ]
+      else
+        [
+          {
+            backend = "file on the deploying machine";
+            name = adminPasswordFile;
+            resource = "seams.adminPassword";
+          }
+          {
+            backend = "DNS ownership record owner";
+            name = dns.owner;
+            resource = "every DNS record";
+          }
+        ]
+    );
+
+  # Two of this operator's own resources that would share a backend name.
+  ownClash =
+    let
+      clashes = concatLists (
+        genList (
+          i:
+          let
+            a = elemAt backendNames i;
+          in
+          map (b: { inherit a b; }) (
+            filter (b: b.backend == a.backend && b.name == a.name) (
+              genList (j: elemAt backendNames (i + 1 + j)) (length backendNames - i - 1)
+            )
+          )
+        ) (length backendNames)
+      );
+    in
+    if clashes == [ ] then
+      true
+    else
+      let
+        c = head clashes;
+      in
+      fail "resources \"${c.a.resource}\" and \"${c.b.resource}\" would both use the ${c.a.backend} \"${c.a.name}\", and each would take the other's for its own. Fix: give them different names (for a file, point the hosting configuration's deployer directories at different places).";
+
   # The panel and the hosting configuration, checked whole before anything
   # else. Their checks are lazy, field by field (check.nix), and NixOps4
   # forces one member's inputs at a time and applies each member as soon as
@@ -354,11 +466,12 @@ let
   checkedWhole = builtins.deepSeq panel (builtins.deepSeq hosting true);
 in
 assert checkedWhole;
+assert ownClash;
 if !inZone then
   fail "the operator's domain \"${domain}\" is not in the DNS zone \"${zone}\" of the hosting configuration. Fix: use a domain under \"${zone}\" in the panel, or the zone that holds it in the hosting configuration."
 else
   {
-    inherit resources;
+    inherit resources backendNames;
     # Resources whose inputs are all known: they can be applied now.
     ready = filter (n: !hasPlaceholder resources.${n}.inputs) names;
     # Resources that wait for outputs of others (or a built system).

@@ -39,6 +39,7 @@ let
       hosting
       hostingFile
       hostingArgs
+      peers
       state
       buildSystem
       ;
@@ -93,6 +94,18 @@ in
       description = ''
         What `hostingFile` is called with when it holds a function, e.g.
         `backends` for examples/local/hosting.nix.
+      '';
+    };
+    peers = mkOption {
+      type = types.attrsOf types.attrs;
+      default = { };
+      example = lib.literalExpression "{ bob = { panelFile = ./bob/panel.json; }; }";
+      description = ''
+        The other operators on the same hosting provider, by name, each
+        `{ panelFile = ...; }` or `{ panel = ...; }`. The member set fails,
+        naming both operators, when one of this operator's resources would
+        share a name on a backend (VM, bucket, Garage key, file on the
+        deploying machine, DNS record) with one of theirs.
       '';
     };
     state = mkOption {

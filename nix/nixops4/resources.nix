@@ -19,6 +19,13 @@
   hosting ? null,
   hostingFile ? null,
   hostingArgs ? { },
+  # The other operators on the same hosting provider, by name: each
+  # `{ panel = ...; }` or `{ panelFile = ...; }` (their hosting configuration
+  # is this one's). The member set fails, naming both operators, when a
+  # resource of this operator would share a backend name (VM, bucket,
+  # Garage key, file on the deploying machine, DNS record) with one of
+  # theirs.
+  peers ? { },
   # The component's `providers` module argument: it must have every provider
   # the graph uses, by the names of this flake's `modules.nixops4Provider`.
   providers,
@@ -81,6 +88,37 @@ let
     }
   );
 
+  # The peers' backend names against this operator's (checkOperators).
+  peerCheck =
+    peers == { }
+    || (configurator.checkOperators (
+      {
+        "this operator" = sources // {
+          panel = panelValue;
+          hosting = hostingValue;
+        };
+      }
+      // mapAttrs (
+        name: peer:
+        {
+          hosting = hostingValue;
+          inherit (sources) hostingSource;
+        }
+        // (
+          if peer ? panelFile then
+            {
+              panel = fromJSON (readFile peer.panelFile);
+              panelSource = "panel ${toString peer.panelFile}";
+            }
+          else
+            {
+              panel = peer.panel or (fail "peer \"${name}\" has neither `panel` nor `panelFile`. Fix: give one.");
+              panelSource = "peer ${name}'s panel";
+            }
+        )
+      ) peers
+    )) != null;
+
   typeOf =
     name: resource:
     let
@@ -141,7 +179,7 @@ in
   # `urls`, `seams` (admin password file, e-mail), `resources`.
   inherit graph;
   # The members to declare: `members = (fediversityResources { ... }).members;`
-  members = mapAttrs member shape.resources;
+  members = builtins.seq peerCheck (mapAttrs member shape.resources);
   # What each application's NixOS system is built from, by application.
   services = genAttrs applications (app: (deploymentOf app).service);
 }

@@ -151,3 +151,20 @@ pub fn has_placeholder(v: &Value) -> bool {
         _ => false,
     }
 }
+
+/// Evaluates a Nix expression (builtins only, `dummy://` store) to JSON;
+/// `Err` with Nix's standard error.
+pub fn eval_expr(expr: &str) -> Result<Value, String> {
+    let out = fedi_testbeds::nix::command("nix-instantiate")
+        .args([
+            "--store", "dummy://", "--eval", "--strict", "--json", "--expr",
+        ])
+        .arg(expr)
+        .output()
+        .expect("run nix-instantiate (Debian package nix-bin; tests/install-deps.sh installs it)");
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).expect("nix-instantiate printed JSON"))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
