@@ -1299,9 +1299,10 @@ impl State {
                 config.insert("digest".into(), json!(digest(&vm)));
                 ok(Value::Object(config))
             }
-            // PVE/API2/Qemu.pm, vm_pending (PVE::GuestHelpers::
+            // PVE/API2/Qemu.pm, vm_pending (pve-guest-common PVE::GuestHelpers::
             // config_with_pending_array): one entry per key, with `value`
-            // (current), `pending` and `delete` where they apply.
+            // (current), `pending` and `delete` where they apply; `digest`
+            // is one of them, since load_config sets it.
             ("GET", ["pending"]) => {
                 let mut keys: Vec<&String> = vm
                     .config

@@ -116,15 +116,13 @@ pub async fn wait(
                     }
                     return Ok(());
                 }
-                let error = Error::conflict(format!(
-                    "{what} failed: Proxmox task {upid} ended with: {exit}"
-                ));
+                let message = format!("{what} failed: Proxmox task {upid} ended with: {exit}");
                 let error = if outcome == Outcome::LockTimeout {
-                    Error::unavailable(error.to_string()).with_hint(
+                    Error::unavailable(message).with_hint(
                         "another operation held the VM's config lock for too long; run again",
                     )
                 } else {
-                    error
+                    Error::conflict(message)
                 };
                 return Err(TaskFailed {
                     error,

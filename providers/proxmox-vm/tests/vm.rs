@@ -1037,6 +1037,34 @@ fn lock_timeouts_inside_tasks_are_retried_everywhere() {
         assert_eq!(pve.fired(&format!("task_lock_timeout:{kind}")), 1, "{kind}");
     }
     assert!(pve.vm_ids().is_empty(), "nothing left behind");
+    // A lock that never frees: a bounded number of tries, a clear error,
+    // and the VM left for the next run, which adopts it.
+    pve.faults(|f| {
+        f.task_lock_timeouts.insert("qmstart".into(), 100);
+    });
+    let declared = inputs(&pve, json!({"name": "web2"}));
+    let error = provider()
+        .create("vm", declared.clone(), true)
+        .error_message();
+    assert!(
+        error.contains("backend unavailable (retryable)")
+            && error.contains("can't lock file")
+            && error.contains("running the create again adopts it"),
+        "{error}"
+    );
+    assert_eq!(pve.fired("task_lock_timeout:qmstart"), 1 + 5, "5 tries");
+    pve.faults(|f| {
+        f.task_lock_timeouts.clear();
+    });
+    let ids = pve.vm_ids();
+    assert_eq!(ids.len(), 1);
+    let outputs = provider().create("vm", declared, true).outputs();
+    assert_eq!(
+        pve.vm_ids(),
+        vec![vmid(&outputs)],
+        "adopted, not cloned again"
+    );
+    assert_eq!(ids, vec![vmid(&outputs)]);
 }
 
 #[test]
