@@ -1233,3 +1233,40 @@ fn the_unified_auth_failure_names_the_token_and_endpoint() {
         "{error}"
     );
 }
+
+#[test]
+fn lost_answers_to_configure_and_resize_are_sent_again_safely() {
+    let pve = Pve::start();
+    let declared = inputs(&pve, json!({"waitForAgent": false}));
+    let outputs = provider().create("vm", declared.clone(), true).outputs();
+    let id = vmid(&outputs);
+    pve.faults(|f| {
+        f.lose_answer
+            .push(pve::LostAnswer::new("POST", "/config", pve::Loss::Proxy596));
+        f.lose_answer
+            .push(pve::LostAnswer::new("PUT", "/resize", pve::Loss::Drop));
+    });
+    let mut changed = declared.clone();
+    changed["tags"] = json!(["web"]);
+    changed["disks"] = json!([{"slot": "scsi0", "sizeGib": 9}]);
+    pve.take_log();
+    let updated = provider()
+        .update("vm", changed.clone(), declared, outputs)
+        .outputs();
+    assert_eq!(
+        (pve.fired("lost_answer_596"), pve.fired("lost_answer_drop")),
+        (1, 1)
+    );
+    let log = pve.take_log();
+    // The config POST came back as a stale digest the second time (the
+    // first had been applied): read again, nothing left to change.
+    assert_eq!(count(&log, "/config"), 2, "{log:?}");
+    assert_eq!(count(&log, "/resize"), 2, "{log:?}");
+    let config = pve.config(id).unwrap();
+    assert_eq!(config["tags"], "web");
+    assert!(config["scsi0"].as_str().unwrap().ends_with("size=9G"));
+    let read = provider()
+        .read("vm", changed, updated)
+        .body("xReadResourceResponse");
+    assert_eq!(read["drift"], json!([]), "{read}");
+}
