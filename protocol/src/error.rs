@@ -141,6 +141,32 @@ impl Error {
         self
     }
 
+    /// The same error with every known secret value (and any
+    /// `Authorization:` header value) removed from its message, hint,
+    /// context and causes; see [`crate::secret::scrub`]. For errors that
+    /// carry text a backend or a tool produced. The causes become text.
+    pub fn scrub_secrets(self, secrets: &[&crate::SecretString]) -> Error {
+        let scrub = |text: &str| crate::secret::scrub(text, secrets);
+        let source = self.source.map(|source| {
+            let mut text = source.to_string();
+            let mut cause = source.source();
+            while let Some(e) = cause {
+                text.push_str(": ");
+                text.push_str(&e.to_string());
+                cause = e.source();
+            }
+            Box::new(Scrubbed(scrub(&text))) as Cause
+        });
+        Error {
+            kind: self.kind,
+            field: self.field,
+            message: scrub(&self.message),
+            hint: self.hint.as_deref().map(scrub),
+            context: self.context.iter().map(|c| scrub(c)).collect(),
+            source,
+        }
+    }
+
     /// The kind of failure.
     pub fn kind(&self) -> ErrorKind {
         self.kind
@@ -190,6 +216,18 @@ impl std::error::Error for Error {
             .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
+
+/// A cause whose text was scrubbed of secrets.
+#[derive(Debug)]
+struct Scrubbed(String);
+
+impl fmt::Display for Scrubbed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Scrubbed {}
 
 /// Adds context to results, as `anyhow::Context` does, choosing the kind.
 pub trait ResultExt<T> {
@@ -260,5 +298,24 @@ mod tests {
             error.to_string(),
             "internal error: writing state: disk on fire"
         );
+    }
+
+    #[test]
+    fn scrub_secrets_cleans_message_hint_context_and_causes() {
+        let token = crate::SecretString::from("s3cr3t-token");
+        let cause = std::io::Error::other("server said: Authorization: Bearer s3cr3t-token");
+        let error = Error::unavailable("answer echoed s3cr3t-token")
+            .with_source(cause)
+            .with_hint("not s3cr3t-token")
+            .context("while s3cr3t-token")
+            .scrub_secrets(&[&token]);
+        let text = error.to_string();
+        assert!(!text.contains("s3cr3t"), "{text}");
+        assert_eq!(
+            text,
+            "while [REDACTED]: backend unavailable (retryable): answer echoed [REDACTED]: \
+             server said: Authorization: [REDACTED]\nhint: not [REDACTED]"
+        );
+        assert_eq!(error.kind(), ErrorKind::Unavailable);
     }
 }

@@ -62,6 +62,7 @@ pub mod error;
 pub mod fault;
 pub mod files;
 pub mod logging;
+pub mod paths;
 pub mod resource;
 pub mod schema;
 pub mod secret;
@@ -72,9 +73,10 @@ pub mod testkit;
 pub mod wire;
 
 pub use error::{Context, Error, ErrorKind, Result, ResultExt};
+pub use paths::PrivatePath;
 pub use resource::{CreateContext, ReadOutcome, Recorded, Resource, StateEvent, decode_inputs};
 pub use schema::ProviderSchema;
-pub use secret::{ExposeSecret, SecretRef, SecretString};
+pub use secret::{ExposeSecret, SecretRef, SecretString, scrub};
 pub use server::{MAX_LINE_BYTES, Provider};
 pub use wire::Drift;
 

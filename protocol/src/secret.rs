@@ -155,6 +155,64 @@ impl SecretRef {
     }
 }
 
+/// What replaces a secret value in a scrubbed text.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// `text` with every occurrence of each of `secrets` replaced by
+/// [`REDACTED`], and the rest of any line after an `Authorization:` header
+/// name (any case) too. For text a backend or a tool produced (an HTTP
+/// error body, `ssh` or `nix` output) before it goes into an [`Error`] or
+/// a log: a backend that echoes the request (some do, headers included)
+/// would otherwise put the credential into our message. Longer secrets are
+/// replaced first, so one that contains another is removed whole; empty
+/// ones are ignored.
+pub fn scrub(text: &str, secrets: &[&SecretString]) -> String {
+    let mut values: Vec<&str> = secrets
+        .iter()
+        .map(|s| s.expose_secret())
+        .filter(|v| !v.is_empty())
+        .collect();
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    let mut out = text.to_string();
+    for value in values {
+        if out.contains(value) {
+            out = out.replace(value, REDACTED);
+        }
+    }
+    scrub_authorization(&out)
+}
+
+/// Cuts what follows `authorization:` (or `authorization=`) up to the end
+/// of its line.
+fn scrub_authorization(text: &str) -> String {
+    const NAME: &str = "authorization";
+    let lower = text.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut rest = 0;
+    let mut from = 0;
+    while let Some(found) = lower[from..].find(NAME) {
+        let start = from + found;
+        let after = start + NAME.len();
+        let separator = lower[after..].trim_start_matches([' ', '"', '\'']);
+        let sep_at = lower.len() - separator.len();
+        if separator.starts_with(':') || separator.starts_with('=') {
+            let value_start = sep_at + 1;
+            let end = lower[value_start..]
+                .find(['\n', '\r'])
+                .map_or(lower.len(), |i| value_start + i);
+            out.push_str(&text[rest..value_start]);
+            out.push(' ');
+            out.push_str(REDACTED);
+            rest = end;
+            from = end;
+        } else {
+            from = after;
+        }
+    }
+    out.push_str(&text[rest..]);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,5 +284,27 @@ mod tests {
             err.contains("FEDI_TEST_SURELY_UNSET_VARIABLE` is not set"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn scrub_removes_known_values_and_authorization_headers() {
+        let token = SecretString::from("tok-123456");
+        let longer = SecretString::from("tok-123456-extra");
+        let text = "HTTP 401: echo: {\"Authorization\": \"Bearer tok-123456\"}\nkey tok-123456-extra, \
+                    again tok-123456\nauthorization=Basic dXNlcjpwYXNz\nafter";
+        let scrubbed = scrub(text, &[&token, &longer]);
+        assert!(!scrubbed.contains("tok-123456"), "{scrubbed}");
+        assert!(!scrubbed.contains("dXNlcjpwYXNz"), "{scrubbed}");
+        assert!(
+            scrubbed.starts_with("HTTP 401: echo: {\"Authorization\": [REDACTED]"),
+            "{scrubbed}"
+        );
+        assert!(
+            scrubbed.contains("key [REDACTED], again [REDACTED]\n"),
+            "{scrubbed}"
+        );
+        assert!(scrubbed.ends_with("\nafter"), "{scrubbed}");
+        assert_eq!(scrub("no secrets here", &[&token]), "no secrets here");
+        assert_eq!(scrub("x", &[&SecretString::from("")]), "x");
     }
 }
