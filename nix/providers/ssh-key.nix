@@ -34,8 +34,10 @@ in
             type = types.str;
             default = "";
             description = ''
-              Comment stored with the key and appended to the public key line.
-              Changing it keeps the key.
+              Comment stored with the key and appended to the public key line; no
+              control characters (a line break would add a second key to every
+              `authorized_keys` the public key goes into). Changing it keeps the
+              key.
             '';
           };
           ecdsaCurve = mkOption {
@@ -87,7 +89,13 @@ in
             description = ''
               Where the private key is written on the deploying machine (OpenSSH
               format, mode 0600; missing directories are created with mode 0700).
-              Must not be in the Nix store. Changing it moves the key.
+              An absolute path without `..`, outside the Nix store, in directories
+              no other user can write (a sticky one like /tmp only above the key's
+              own directory); the file is never reached through a symbolic link,
+              and an existing one is adopted only when it is a regular file of the
+              deploying user that no one else can read. Changing it moves the key;
+              a file already at the new path is replaced only when it holds this
+              resource's key.
             '';
           };
           rotationTrigger = mkOption {

@@ -18,11 +18,10 @@
 
 use std::path::{Path, PathBuf};
 
-use fedi_protocol::files::{remove_if_exists, write_private_atomic};
 use fedi_protocol::schemars::{self, JsonSchema};
 use fedi_protocol::{
-    CreateContext, Drift, Error, ExposeSecret, ReadOutcome, Recorded, Resource, Result, SecretRef,
-    SecretString,
+    CreateContext, Drift, Error, ExposeSecret, PrivatePath, ReadOutcome, Recorded, Resource,
+    Result, SecretRef, SecretString,
 };
 use rand_core::OsRng;
 use serde::{Deserialize, Serialize};
@@ -46,8 +45,10 @@ pub struct KeyPairInputs {
     /// `algorithm = "ecdsa"`. Changing it generates a new key.
     #[serde(default)]
     pub ecdsa_curve: Option<Curve>,
-    /// Comment stored with the key and appended to the public key line.
-    /// Changing it keeps the key.
+    /// Comment stored with the key and appended to the public key line; no
+    /// control characters (a line break would add a second key to every
+    /// `authorized_keys` the public key goes into). Changing it keeps the
+    /// key.
     #[serde(default)]
     pub comment: String,
     /// Any value; when it changes, a new key replaces the old one (like
@@ -57,7 +58,13 @@ pub struct KeyPairInputs {
     pub rotation_trigger: Option<Value>,
     /// Where the private key is written on the deploying machine (OpenSSH
     /// format, mode 0600; missing directories are created with mode 0700).
-    /// Must not be in the Nix store. Changing it moves the key.
+    /// An absolute path without `..`, outside the Nix store, in directories
+    /// no other user can write (a sticky one like /tmp only above the key's
+    /// own directory); the file is never reached through a symbolic link,
+    /// and an existing one is adopted only when it is a regular file of the
+    /// deploying user that no one else can read. Changing it moves the key;
+    /// a file already at the new path is replaced only when it holds this
+    /// resource's key.
     pub private_key_path: PathBuf,
     /// Encrypt the private key file with a passphrase read from this secret
     /// (`{ file = ...; }` or `{ env = ...; }`). Changing it re-encrypts the
@@ -184,36 +191,30 @@ impl KeyPairInputs {
         })
     }
 
-    /// The private key path, absolute, checked for obvious mistakes.
-    fn path(&self) -> Result<PathBuf> {
-        let path = &self.private_key_path;
-        let absolute = if path.is_absolute() {
-            path.clone()
-        } else {
-            std::env::current_dir()
-                .map_err(|e| {
-                    Error::internal("cannot determine the working directory").with_source(e)
-                })?
-                .join(path)
-        };
-        if absolute.starts_with("/nix/store") {
+    /// The private key path, checked (see [`PrivatePath`]).
+    fn path(&self) -> Result<PrivatePath> {
+        PrivatePath::parse("privateKeyPath", &self.private_key_path)
+    }
+
+    /// Refuses control characters in the comment: a line break would make
+    /// the public key two lines, the second one a key of the comment's
+    /// choosing in every `authorized_keys` and cloud-init it goes into.
+    fn check_comment(&self) -> Result<()> {
+        if let Some(c) = self.comment.chars().find(|c| c.is_control()) {
             return Err(Error::invalid_input(
-                "privateKeyPath",
+                "comment",
                 format!(
-                    "`{}` is in the Nix store, which every local user can read",
-                    absolute.display()
+                    "holds the control character {c:?}; the comment ends the public key line, \
+                     and a line break there would add a line of its own to every \
+                     `authorized_keys` the key goes into"
                 ),
             )
-            .with_hint("choose a path outside the store, e.g. /var/lib/deployer/keys/<name>"));
+            .with_hint(
+                "use a comment of printable characters on one line, e.g. \"deployer@example.org\" \
+                 (no newline, carriage return, tab or NUL)",
+            ));
         }
-        if absolute.is_dir() {
-            return Err(Error::invalid_input(
-                "privateKeyPath",
-                format!("`{}` is a directory", absolute.display()),
-            )
-            .with_hint("give the path of the key file itself, e.g. <directory>/id_ed25519"));
-        }
-        Ok(absolute)
+        Ok(())
     }
 
     fn read_passphrase(&self) -> Result<Option<SecretString>> {
@@ -243,18 +244,21 @@ impl Resource for KeyPair {
 
     async fn create(&self, inputs: KeyPairInputs, _: CreateContext) -> Result<KeyPairOutputs> {
         let spec = inputs.spec()?;
+        inputs.check_comment()?;
         let path = inputs.path()?;
         let passphrase = inputs.read_passphrase()?;
         let key = match load(&path)? {
-            Some(existing) => {
+            Some((existing, _)) => {
                 // A key is already there: the file of a crashed earlier
-                // attempt, or a key the user wants managed. Adopt it only if
-                // it is what was asked for; never overwrite it.
+                // attempt, or a key the user wants managed (a regular file
+                // of ours, private, in a directory only we can change: see
+                // `PrivatePath`). Adopt it only if it is what was asked
+                // for; never overwrite it.
                 let found = spec_of(existing.public_key())?;
                 if found != spec {
                     return Err(Error::conflict(format!(
                         "`{}` already holds a {} key ({}), not the {} key asked for",
-                        path.display(),
+                        path.path().display(),
                         found.describe(),
                         fingerprint(existing.public_key()),
                         spec.describe()
@@ -266,16 +270,16 @@ impl Resource for KeyPair {
                     ));
                 }
                 tracing::info!(
-                    path = %path.display(),
+                    path = %path.path().display(),
                     fingerprint = %fingerprint(existing.public_key()),
                     "adopting the key already at the path"
                 );
-                unlock(existing, &path, &[passphrase.as_ref()])?
+                unlock(existing, path.path(), &[passphrase.as_ref()])?
             }
             None => {
                 let key = generate(spec)?;
                 tracing::info!(
-                    path = %path.display(),
+                    path = %path.path().display(),
                     fingerprint = %fingerprint(key.public_key()),
                     "generated a new {} key",
                     spec.describe()
@@ -284,7 +288,7 @@ impl Resource for KeyPair {
             }
         };
         let text = store(&path, key, &inputs.comment, passphrase.as_ref())?;
-        outputs(&text, &path, inputs.expose_private_key)
+        outputs(&text, path.path(), inputs.expose_private_key)
     }
 
     async fn update(
@@ -293,18 +297,58 @@ impl Resource for KeyPair {
         previous: Recorded<KeyPairInputs, KeyPairOutputs>,
     ) -> Result<KeyPairOutputs> {
         let spec = inputs.spec()?;
+        inputs.check_comment()?;
         let path = inputs.path()?;
-        let old_path = previous.outputs.private_key_path.clone();
+        let old_path = recorded_path(&previous.outputs)?;
         let recorded = recorded_public_key(&previous.outputs)?;
         let passphrase = inputs.read_passphrase()?;
+        // The passphrase may have just changed: the file is still encrypted
+        // with the old one (or, after a crashed attempt, with the new one).
+        let old_passphrase = match &previous.inputs.passphrase {
+            Some(old) if previous.inputs.passphrase != inputs.passphrase => {
+                old.read("passphrase").ok()
+            }
+            _ => None,
+        };
+        let passphrases = [passphrase.as_ref(), old_passphrase.as_ref()];
         let recorded_spec = spec_of(&recorded)?;
-
         let rotate =
             spec != recorded_spec || inputs.rotation_trigger != previous.inputs.rotation_trigger;
+        let moving = path != old_path;
+
+        let at_old = load(&old_path)?;
+        let at_new = if moving { load(&path)? } else { None };
+        // A key file at the new path is replaced only when it is provably
+        // this resource's: the recorded key, or the very key at the recorded
+        // path (what a crashed earlier attempt of this update copied there).
+        if let Some((found, _)) = &at_new {
+            let ours = same_key(found.public_key(), &recorded)
+                || at_old
+                    .as_ref()
+                    .is_some_and(|(old, _)| same_key(found.public_key(), old.public_key()));
+            if !ours {
+                return Err(Error::conflict(format!(
+                    "`{}` holds another key ({}) than this resource's ({}); it is left untouched",
+                    path.path().display(),
+                    fingerprint(found.public_key()),
+                    fingerprint(&recorded)
+                ))
+                .with_field("privateKeyPath")
+                .with_hint(format!(
+                    "choose a `privateKeyPath` where no other key lives, or move that file away \
+                     if it is not needed; this resource's key stays at `{}` until then. If it is \
+                     the new key a crashed run of this very update (with a new \
+                     `rotationTrigger` or algorithm) wrote, move it to `{}` and run again",
+                    old_path.path().display(),
+                    old_path.path().display()
+                )));
+            }
+        }
+
         let key = if rotate {
             let key = generate(spec)?;
             tracing::info!(
-                path = %path.display(),
+                path = %path.path().display(),
                 old = %fingerprint(&recorded),
                 new = %fingerprint(key.public_key()),
                 "replacing the key with a new {} key",
@@ -312,63 +356,79 @@ impl Resource for KeyPair {
             );
             key
         } else {
-            let existing =
-                load(&old_path)?.ok_or_else(|| missing_key_error(&old_path, &recorded))?;
-            check_same_key(&existing, &recorded, &old_path)?;
-            // The passphrase may have just changed: the file is still
-            // encrypted with the old one.
-            let old_passphrase = match &previous.inputs.passphrase {
-                Some(old) if previous.inputs.passphrase != inputs.passphrase => {
-                    old.read("passphrase").ok()
+            match (&at_old, &at_new) {
+                (Some((existing, _)), _) if same_key(existing.public_key(), &recorded) => {
+                    unlock(existing.clone(), old_path.path(), &passphrases)?
                 }
-                _ => None,
-            };
-            unlock(
-                existing,
-                &old_path,
-                &[passphrase.as_ref(), old_passphrase.as_ref()],
-            )?
+                // A crashed attempt of this move got as far as removing the
+                // old file: the key is already at the new path.
+                (_, Some((existing, _))) if same_key(existing.public_key(), &recorded) => {
+                    unlock(existing.clone(), path.path(), &passphrases)?
+                }
+                (Some((existing, _)), _) => {
+                    return Err(another_key_error(existing, &recorded, old_path.path()));
+                }
+                (None, _) => return Err(missing_key_error(old_path.path(), &recorded)),
+            }
         };
 
-        let text = if !rotate
-            && path == old_path
+        let unchanged = !rotate
+            && !moving
             && key.comment() == inputs.comment
-            && previous.inputs.passphrase == inputs.passphrase
-        {
-            // Nothing about the file changes; keep it byte for byte.
-            std::fs::read_to_string(&path).map_err(|e| read_error(&path, e))?
-        } else {
-            store(&path, key, &inputs.comment, passphrase.as_ref())?
+            && previous.inputs.passphrase == inputs.passphrase;
+        // Which file at the old path is ours to remove after a move.
+        let old_is_ours = match &at_old {
+            None => false,
+            Some((existing, _)) => same_key(existing.public_key(), &recorded) || rotate,
         };
-        if path != old_path {
-            remove_if_exists(&old_path).map_err(|e| {
-                Error::internal(format!(
-                    "the key now lives at `{}`, but the old file `{}` could not be removed",
-                    path.display(),
-                    old_path.display()
-                ))
-                .with_source(e)
-                .with_hint("remove the old file by hand")
-            })?;
-            tracing::info!(from = %old_path.display(), to = %path.display(), "moved the private key");
+        let text = match &at_old {
+            // Nothing about the file changes; keep it byte for byte.
+            Some((_, text)) if unchanged => text.clone(),
+            _ => {
+                if rotate && moving {
+                    // The new key goes to the recorded path first: should we
+                    // crash after copying it to the new path, the retry finds
+                    // the same key at both and knows the new one is ours.
+                    store(&old_path, key.clone(), &inputs.comment, passphrase.as_ref())?;
+                }
+                store(&path, key, &inputs.comment, passphrase.as_ref())?
+            }
+        };
+        if moving {
+            fedi_protocol::fault::point(FAULT_BEFORE_REMOVING_OLD_PATH);
+            if old_is_ours || rotate {
+                old_path.remove().map_err(|e| {
+                    e.context(format!(
+                        "the key now lives at `{}`, but the old file `{}` could not be removed \
+                         (remove it by hand)",
+                        path.path().display(),
+                        old_path.path().display()
+                    ))
+                })?;
+            } else if at_old.is_some() {
+                tracing::warn!(
+                    path = %old_path.path().display(),
+                    "the old path holds another key than this resource's; leaving it"
+                );
+            }
+            fedi_protocol::fault::point(FAULT_AFTER_REMOVING_OLD_PATH);
+            tracing::info!(from = %old_path.path().display(), to = %path.path().display(), "moved the private key");
         }
-        outputs(&text, &path, inputs.expose_private_key)
+        outputs(&text, path.path(), inputs.expose_private_key)
     }
 
     async fn delete(&self, current: Recorded<KeyPairInputs, KeyPairOutputs>) -> Result<()> {
-        let path = &current.outputs.private_key_path;
+        let path = recorded_path(&current.outputs)?;
         let recorded = recorded_public_key(&current.outputs)?;
-        match load(path)? {
+        match load(&path)? {
             None => {
-                tracing::info!(path = %path.display(), "the private key file is already gone");
+                tracing::info!(path = %path.path().display(), "the private key file is already gone");
                 Ok(())
             }
-            Some(existing) => {
-                check_same_key(&existing, &recorded, path)?;
-                remove_if_exists(path).map_err(|e| {
-                    Error::internal(format!("cannot remove `{}`", path.display())).with_source(e)
-                })?;
-                tracing::info!(path = %path.display(), fingerprint = %fingerprint(&recorded), "removed the private key");
+            Some((existing, _)) => {
+                check_same_key(&existing, &recorded, path.path())?;
+                path.remove()?;
+                tracing::info!(path = %path.path().display(), fingerprint = %fingerprint(&recorded), "removed the private key");
                 Ok(())
             }
         }
@@ -378,12 +438,11 @@ impl Resource for KeyPair {
         &self,
         current: Recorded<KeyPairInputs, KeyPairOutputs>,
     ) -> Result<ReadOutcome<KeyPairOutputs>> {
-        let path = &current.outputs.private_key_path;
+        let path = recorded_path(&current.outputs)?;
         let recorded = recorded_public_key(&current.outputs)?;
-        let Some(existing) = load(path)? else {
+        let Some((existing, text)) = load(&path)? else {
             return Ok(ReadOutcome::Gone);
         };
-        let text = std::fs::read_to_string(path).map_err(|e| read_error(path, e))?;
         let mut drift = Vec::new();
         if existing.public_key().key_data() != recorded.key_data() {
             drift.push(Drift {
@@ -415,9 +474,27 @@ impl Resource for KeyPair {
                 },
             });
         }
-        let outputs = outputs(&text, path, current.inputs.expose_private_key)?;
+        let outputs = outputs(&text, path.path(), current.inputs.expose_private_key)?;
         Ok(ReadOutcome::Exists { outputs, drift })
     }
+}
+
+/// The [fault point](fedi_protocol::fault) of an update that moves the key:
+/// the new file written, the old one not yet removed.
+pub const FAULT_BEFORE_REMOVING_OLD_PATH: &str = "ssh-key-before-removing-old-path";
+
+/// The [fault point](fedi_protocol::fault) of an update that moves the key,
+/// once the old file is removed and before the answer.
+pub const FAULT_AFTER_REMOVING_OLD_PATH: &str = "ssh-key-after-removing-old-path";
+
+fn same_key(a: &PublicKey, b: &PublicKey) -> bool {
+    a.key_data() == b.key_data()
+}
+
+/// The recorded private key path, checked like an input.
+fn recorded_path(outputs: &KeyPairOutputs) -> Result<PrivatePath> {
+    PrivatePath::parse("privateKeyPath", &outputs.private_key_path)
+        .map_err(|e| e.context("the recorded `privateKeyPath` (state)".to_string()))
 }
 
 /// Generates a key of the given spec.
@@ -441,44 +518,25 @@ fn generate(spec: KeySpec) -> Result<PrivateKey> {
     })
 }
 
-/// Reads the key file at `path`: `None` when there is none. The public half
-/// of an OpenSSH key is readable without the passphrase.
-fn load(path: &Path) -> Result<Option<PrivateKey>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        // A parent that is a file: nothing to load; writing will say why.
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-            ) =>
-        {
-            return Ok(None);
-        }
-        Err(e) => return Err(read_error(path, e)),
+/// Reads the key file at `path` (see [`PrivatePath::read`] for what is
+/// refused): `None` when there is none. The public half of an OpenSSH key is
+/// readable without the passphrase.
+fn load(path: &PrivatePath) -> Result<Option<(PrivateKey, String)>> {
+    let Some(bytes) = path.read()? else {
+        return Ok(None);
+    };
+    let not_a_key = || {
+        Error::conflict(format!(
+            "`{}` exists but is not an OpenSSH private key",
+            path.path().display()
+        ))
+        .with_field("privateKeyPath")
+        .with_hint("move the file away or choose another `privateKeyPath`; it is left untouched")
     };
     // The parse error is not shown: it could quote the file's contents.
-    PrivateKey::from_openssh(text.as_bytes())
-        .map(Some)
-        .map_err(|_| {
-            Error::conflict(format!(
-                "`{}` exists but is not an OpenSSH private key",
-                path.display()
-            ))
-            .with_field("privateKeyPath")
-            .with_hint(
-                "move the file away or choose another `privateKeyPath`; it is left untouched",
-            )
-        })
-}
-
-fn read_error(path: &Path, error: std::io::Error) -> Error {
-    Error::invalid_input(
-        "privateKeyPath",
-        format!("cannot read `{}`", path.display()),
-    )
-    .with_source(error)
-    .with_hint("the deploying user must be able to read the key file")
+    let text = String::from_utf8(bytes).map_err(|_| not_a_key())?;
+    let key = PrivateKey::from_openssh(text.as_bytes()).map_err(|_| not_a_key())?;
+    Ok(Some((key, text)))
 }
 
 /// Decrypts `key` when it is encrypted, trying each passphrase in turn.
@@ -519,7 +577,7 @@ fn unlock(
 /// Writes `key` (decrypted) to `path` with `comment`, encrypted when a
 /// passphrase is given; returns the file's text.
 fn store(
-    path: &Path,
+    path: &PrivatePath,
     mut key: PrivateKey,
     comment: &str,
     passphrase: Option<&SecretString>,
@@ -534,14 +592,7 @@ fn store(
     let text = key
         .to_openssh(LineEnding::LF)
         .map_err(|e| Error::internal("encoding the private key failed").with_source(e))?;
-    write_private_atomic(path, text.as_bytes()).map_err(|e| {
-        Error::invalid_input(
-            "privateKeyPath",
-            format!("cannot write the private key to `{}`", path.display()),
-        )
-        .with_source(e)
-        .with_hint("choose a path in a directory the deploying user can write")
-    })?;
+    path.write(text.as_bytes())?;
     Ok(text.to_string())
 }
 
@@ -613,10 +664,14 @@ fn recorded_public_key(outputs: &KeyPairOutputs) -> Result<PublicKey> {
 
 /// Fails unless `existing` is the recorded key.
 fn check_same_key(existing: &PrivateKey, recorded: &PublicKey, path: &Path) -> Result<()> {
-    if existing.public_key().key_data() == recorded.key_data() {
+    if same_key(existing.public_key(), recorded) {
         return Ok(());
     }
-    Err(Error::conflict(format!(
+    Err(another_key_error(existing, recorded, path))
+}
+
+fn another_key_error(existing: &PrivateKey, recorded: &PublicKey, path: &Path) -> Error {
+    Error::conflict(format!(
         "`{}` holds another key ({}) than the one this resource recorded ({}); it is left untouched",
         path.display(),
         fingerprint(existing.public_key()),
@@ -626,7 +681,7 @@ fn check_same_key(existing: &PrivateKey, recorded: &PublicKey, path: &Path) -> R
     .with_hint(
         "put the recorded key back at that path, or change `rotationTrigger` to replace the file \
          with a new key",
-    ))
+    )
 }
 
 fn missing_key_error(path: &Path, recorded: &PublicKey) -> Error {

@@ -111,7 +111,7 @@ fn every_algorithm_makes_keys_openssh_accepts() {
         assert_eq!(outputs["bits"], bits);
         assert_eq!(outputs["privateKeyPath"], json!(path));
         assert!(
-            outputs.get("privateKey").is_none(),
+            outputs.get("privateKey").is_none_or(Value::is_null),
             "the private key is not an output by default"
         );
 
@@ -347,6 +347,7 @@ fn create_adopts_a_matching_key_left_by_a_crashed_attempt_and_refuses_others() {
 
     let junk = keys.path("junk");
     std::fs::write(&junk, "not a key").unwrap();
+    std::fs::set_permissions(&junk, std::fs::Permissions::from_mode(0o600)).unwrap();
     let message = provider()
         .create("keypair", json!({"privateKeyPath": junk}), true)
         .error_message();
@@ -535,7 +536,8 @@ fn bad_inputs_are_clear_errors_naming_the_field() {
         )
         .error_message();
     assert!(
-        message.contains("invalid input `privateKeyPath`: cannot write the private key to"),
+        message.contains("invalid input `privateKeyPath`: `")
+            && message.contains("is not a directory"),
         "{message}"
     );
     // Without state the key would be lost.
@@ -658,4 +660,242 @@ fn generated_nix_module_and_reference_are_in_sync() {
         env!("CARGO_BIN_EXE_fedi-ssh-key"),
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."),
     );
+}
+
+#[test]
+fn a_comment_with_control_characters_is_refused_naming_the_field() {
+    let keys = Keys::new();
+    let path = keys.path("id");
+    for comment in [
+        "deployer\nssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIntruder attacker",
+        "deployer\rx",
+        "deployer\0x",
+        "tab\there",
+    ] {
+        let message = provider()
+            .create(
+                "keypair",
+                json!({"privateKeyPath": path, "comment": comment}),
+                true,
+            )
+            .error_message();
+        assert!(
+            message.contains("invalid input `comment`: "),
+            "{comment:?}: {message}"
+        );
+        assert!(message.contains("control character"), "{message}");
+        assert!(message.contains("hint: "), "{message}");
+        assert!(!path.exists(), "no key was written for {comment:?}");
+    }
+    // Also on update: the comment cannot smuggle a second line in.
+    let inputs = json!({"privateKeyPath": path, "comment": "one"});
+    let created = provider().create("keypair", inputs.clone(), true).outputs();
+    let message = provider()
+        .update(
+            "keypair",
+            json!({"privateKeyPath": path, "comment": "one\nssh-ed25519 AAAA x"}),
+            inputs,
+            created.clone(),
+        )
+        .error_message();
+    assert!(message.contains("invalid input `comment`: "), "{message}");
+    assert_eq!(
+        ssh_keygen_public(&path, None).unwrap().lines().count(),
+        1,
+        "the key file still has a one-line public key"
+    );
+}
+
+#[test]
+fn a_relative_or_dotted_private_key_path_is_refused() {
+    let keys = Keys::new();
+    for (path, expected) in [
+        (json!("keys/id"), "is a relative path"),
+        (json!("./id"), "is a relative path"),
+        (
+            json!(format!("{}/a/../id", keys.dir.path().display())),
+            "`..` component",
+        ),
+    ] {
+        let message = provider()
+            .create("keypair", json!({"privateKeyPath": path}), true)
+            .error_message();
+        assert!(
+            message.contains("invalid input `privateKeyPath`: "),
+            "{message}"
+        );
+        assert!(message.contains(expected), "{message}");
+        assert!(message.contains("hint: "), "{message}");
+    }
+    // The provider runs in the test's working directory: nothing landed there.
+    assert!(!Path::new("keys/id").exists());
+    assert!(!Path::new("id").exists());
+}
+
+#[test]
+fn update_to_a_path_holding_another_key_refuses_and_leaves_it() {
+    let keys = Keys::new();
+    let path = keys.path("id");
+    let inputs = json!({"privateKeyPath": path});
+    let created = provider().create("keypair", inputs.clone(), true).outputs();
+    // Someone else's key lives where the update wants to move ours.
+    let theirs = keys.path("theirs");
+    let other = provider()
+        .create("keypair", json!({"privateKeyPath": theirs}), true)
+        .outputs();
+    let before = std::fs::read(&theirs).unwrap();
+    for moved in [
+        json!({"privateKeyPath": theirs}),
+        json!({"privateKeyPath": theirs, "rotationTrigger": 1}),
+    ] {
+        let message = provider()
+            .update("keypair", moved, inputs.clone(), created.clone())
+            .error_message();
+        assert!(message.contains("conflict `privateKeyPath`: "), "{message}");
+        assert!(message.contains("holds another key"), "{message}");
+        assert!(message.contains("left untouched"), "{message}");
+        assert_eq!(
+            std::fs::read(&theirs).unwrap(),
+            before,
+            "their key is untouched"
+        );
+        assert_eq!(
+            ssh_keygen_fingerprint(&path).1,
+            created["fingerprint"].as_str().unwrap(),
+            "our key stays where it was"
+        );
+    }
+    assert_eq!(
+        ssh_keygen_fingerprint(&theirs).1,
+        other["fingerprint"].as_str().unwrap()
+    );
+}
+
+#[test]
+fn create_refuses_planted_keys_symlinks_and_shared_directories() {
+    let keys = Keys::new();
+    // A key file someone planted in a directory everyone can write.
+    let shared = keys.path("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let planted = shared.join("id");
+    provider()
+        .create(
+            "keypair",
+            json!({"privateKeyPath": keys.path("planted")}),
+            true,
+        )
+        .outputs();
+    std::fs::rename(keys.path("planted"), &planted).unwrap();
+    for mode in [0o777, 0o1777, 0o775] {
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(mode)).unwrap();
+        let message = provider()
+            .create("keypair", json!({"privateKeyPath": planted}), true)
+            .error_message();
+        assert!(
+            message.contains("invalid input `privateKeyPath`: the directory `"),
+            "{mode:o}: {message}"
+        );
+        assert!(message.contains(&format!("mode {mode:04o}")), "{message}");
+        assert!(message.contains("hint: "), "{message}");
+    }
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+    // A symbolic link at the path: never followed, nothing written through it.
+    let target = keys.path("target");
+    std::fs::write(&target, "precious").unwrap();
+    let link = keys.path("link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let message = provider()
+        .create("keypair", json!({"privateKeyPath": link}), true)
+        .error_message();
+    assert!(message.contains("is a symbolic link"), "{message}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious");
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+
+    // A symlinked key file pointing at a real key is not adopted either.
+    let real = keys.path("real");
+    provider()
+        .create("keypair", json!({"privateKeyPath": real}), true)
+        .outputs();
+    let link2 = keys.path("link2");
+    std::os::unix::fs::symlink(&real, &link2).unwrap();
+    let message = provider()
+        .create("keypair", json!({"privateKeyPath": link2}), true)
+        .error_message();
+    assert!(message.contains("is a symbolic link"), "{message}");
+
+    // A key file with loose permissions, or of another user.
+    let loose = keys.path("loose");
+    provider()
+        .create("keypair", json!({"privateKeyPath": loose}), true)
+        .outputs();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let message = provider()
+        .create("keypair", json!({"privateKeyPath": loose}), true)
+        .error_message();
+    assert!(message.contains("has mode 0644"), "{message}");
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&loose, Some(65534), Some(65534)).unwrap();
+    let message = provider()
+        .create("keypair", json!({"privateKeyPath": loose}), true)
+        .error_message();
+    assert!(message.contains("belongs to uid 65534"), "{message}");
+    assert!(message.contains("conflict `privateKeyPath`: "), "{message}");
+}
+
+#[test]
+fn a_crash_while_moving_the_key_is_recovered_by_the_retry() {
+    let keys = Keys::new();
+    let points = [
+        (false, "ssh-key-before-removing-old-path"),
+        (true, "ssh-key-before-removing-old-path"),
+        (false, "ssh-key-after-removing-old-path"),
+    ];
+    for (round, (rotate, point)) in points.into_iter().enumerate() {
+        let path = keys.path(&format!("id{round}"));
+        let moved_path = keys.path(&format!("moved/id{round}"));
+        let inputs = json!({"privateKeyPath": path});
+        let created = provider().create("keypair", inputs.clone(), true).outputs();
+        let mut moved = json!({"privateKeyPath": moved_path, "comment": "moved"});
+        if rotate {
+            moved["rotationTrigger"] = json!(1);
+        }
+        let request = json!({"updateResourceRequest": {
+            "resource": {"type": "keypair", "inputProperties": inputs, "outputProperties": created},
+            "inputProperties": moved,
+        }});
+        // The key is written at the new path; the old one is not removed
+        // yet, or already removed but the answer not sent.
+        provider().crash_at(point, request);
+        assert!(moved_path.exists(), "the crashed run wrote the new path");
+        assert_eq!(
+            path.exists(),
+            point.contains("before"),
+            "old path after crashing at {point}"
+        );
+
+        // NixOps4 recorded nothing: the same update runs again.
+        let retried = provider()
+            .update("keypair", moved.clone(), inputs.clone(), created.clone())
+            .outputs();
+        assert_eq!(
+            ssh_keygen_fingerprint(&moved_path).1,
+            retried["fingerprint"].as_str().unwrap()
+        );
+        assert_eq!(rotate, retried["fingerprint"] != created["fingerprint"]);
+        assert!(
+            !path.exists(),
+            "the old file is gone after the retry ({point})"
+        );
+        assert!(
+            ssh_keygen_public(&moved_path, None)
+                .unwrap()
+                .ends_with(" moved")
+        );
+    }
 }
