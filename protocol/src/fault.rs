@@ -10,10 +10,18 @@
 /// The environment variable naming the point at which to abort.
 pub const FAULT_ENV: &str = "FEDI_TEST_FAULT";
 
-/// Aborts the process if [`FAULT_ENV`] is set to `name`.
+/// Aborts the process if [`FAULT_ENV`] is set to `name`, after writing
+/// [`abort_marker`] to stderr (directly, whatever the log level, so a test
+/// can tell that it died here and not somewhere else).
 pub fn point(name: &str) {
     if std::env::var(FAULT_ENV).is_ok_and(|v| v == name) {
         tracing::warn!(point = name, "aborting at the injected fault point");
+        eprintln!("{}", abort_marker(name));
         std::process::abort();
     }
+}
+
+/// The line [`point`] writes to stderr just before it aborts at `name`.
+pub fn abort_marker(name: &str) -> String {
+    format!("fedi fault point `{name}` reached: aborting")
 }

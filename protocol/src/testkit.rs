@@ -309,6 +309,17 @@ impl Harness {
             output.status,
             String::from_utf8_lossy(&output.stdout)
         );
+        // Died there, by the abort, and not of some other failure on the way.
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&output.status),
+            Some(SIGABRT),
+            "the provider was to die of SIGABRT at fault point `{point}`, but it {}\nstderr:\n{stderr}",
+            output.status
+        );
+        assert!(
+            stderr.contains(&crate::fault::abort_marker(point)),
+            "the provider died, but not at fault point `{point}` (no abort marker)\nstderr:\n{stderr}"
+        );
         stderr
     }
 
@@ -441,6 +452,9 @@ impl Harness {
         serde_json::from_slice(&output.stdout).expect("--schema prints a ProviderSchema")
     }
 }
+
+/// SIGABRT's number (6 on every Linux architecture).
+const SIGABRT: i32 = 6;
 
 /// The names in `declared` that `outputs` lacks.
 pub fn missing_outputs(declared: &[String], outputs: &Map<String, Value>) -> Vec<String> {
