@@ -25,4 +25,4 @@ for f in flake.nix $(find nix examples local -name '*.nix' 2>/dev/null); do
 done
 
 echo "== cargo test" >&2
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast

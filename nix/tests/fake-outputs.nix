@@ -25,6 +25,7 @@ let
       ipv6Addresses = [ "2001:db8::${toString n}" ];
       macAddresses = [ "BC:24:11:00:00:${toString n}" ];
       inherit (inputs) name node;
+      pendingChanges = [ ];
       sshHostKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeHostKey${toString n} root@${inputs.name}";
       vmid = 100 + n;
     };
