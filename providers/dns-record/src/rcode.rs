@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use fedi_protocol::Error;
+use fedi_protocol::{Error, SecretString};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::Name;
 use hickory_proto::rr::rdata::tsig::TsigError;
@@ -25,10 +25,21 @@ pub struct Situation<'a> {
     pub key: Option<&'a Name>,
     /// The timeout per answer.
     pub timeout: Duration,
+    /// The TSIG secret, when it was read: removed from every text of the
+    /// error (a backend's or the network library's words included).
+    pub secret: Option<&'a SecretString>,
 }
 
-/// The error for `failure` in `situation`.
+/// The error for `failure` in `situation`, scrubbed of the TSIG secret.
 pub fn explain(failure: Failure, situation: &Situation<'_>) -> Error {
+    let error = explain_unscrubbed(failure, situation);
+    match situation.secret {
+        Some(secret) => error.scrub_secrets(&[secret]),
+        None => error,
+    }
+}
+
+fn explain_unscrubbed(failure: Failure, situation: &Situation<'_>) -> Error {
     let server = situation.server;
     let zone = zone_text(situation.zone);
     let what = if situation.updating {
@@ -254,6 +265,27 @@ mod tests {
             zone,
             key,
             timeout: Duration::from_secs(2),
+            secret: None,
+        }
+    }
+
+    #[test]
+    fn the_secret_is_scrubbed_from_texts_of_the_backend() {
+        let zone = Name::from_ascii("example.org.").unwrap();
+        let key = Name::from_ascii("deploy.").unwrap();
+        let secret = SecretString::from("c2VjcmV0LXRzaWcta2V5LXZhbHVl");
+        let situation = Situation {
+            secret: Some(&secret),
+            ..situation(&zone, Some(&key))
+        };
+        for failure in [
+            Failure::Network("peer said c2VjcmV0LXRzaWcta2V5LXZhbHVl".into()),
+            Failure::Protocol("cannot parse c2VjcmV0LXRzaWcta2V5LXZhbHVl".into()),
+            Failure::Unauthenticated("echo: c2VjcmV0LXRzaWcta2V5LXZhbHVl".into()),
+        ] {
+            let text = explain(failure, &situation).to_string();
+            assert!(!text.contains("c2VjcmV0"), "{text}");
+            assert!(text.contains("[REDACTED]"), "{text}");
         }
     }
 

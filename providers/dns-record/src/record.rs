@@ -411,7 +411,7 @@ impl Plan {
             )
         })?;
         Key::new(name.clone(), tsig.algorithm.tsig(), bytes)
-            .map(Some)
+            .map(|key| Some(key.with_text(secret)))
             .map_err(|problem| Error::invalid_input("tsig", problem))
     }
 
@@ -421,6 +421,7 @@ impl Plan {
             server: self.endpoint.address,
             zone: &self.zone,
             key: key.map(|k| &k.name),
+            secret: key.and_then(Key::secret_text),
             timeout: self.endpoint.timeout,
         }
     }

@@ -19,11 +19,8 @@ use hickory_net::DnsStreamHandle;
 use hickory_net::NetError;
 use hickory_net::runtime::TokioRuntimeProvider;
 use hickory_net::tcp::TcpClientStream;
-use hickory_net::udp::UdpClientStream;
-use hickory_net::xfer::{DnsRequestSender, FirstAnswer};
 use hickory_proto::op::{
-    DnsRequest, DnsRequestOptions, DnsResponse, Message, OpCode, Query, ResponseCode,
-    SerialMessage, UpdateMessage,
+    DnsResponse, Message, OpCode, Query, ResponseCode, SerialMessage, UpdateMessage,
 };
 use hickory_proto::rr::rdata::tsig::{TsigAlgorithm, TsigError};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType, TSigner};
@@ -66,6 +63,9 @@ pub struct Key {
     /// The key's name, as the server knows it.
     pub name: Name,
     signer: TSigner,
+    /// The secret as it was read (base64 text), to scrub it from any text
+    /// that goes into an error.
+    text: Option<std::sync::Arc<fedi_protocol::SecretString>>,
 }
 
 impl std::fmt::Debug for Key {
@@ -82,7 +82,23 @@ impl Key {
     pub fn new(name: Name, algorithm: TsigAlgorithm, secret: Vec<u8>) -> Result<Key, String> {
         let signer = TSigner::new(secret, algorithm, name.clone(), FUDGE)
             .map_err(|e| format!("cannot use the key: {e}"))?;
-        Ok(Key { name, signer })
+        Ok(Key {
+            name,
+            signer,
+            text: None,
+        })
+    }
+
+    /// Remembers the secret as it was read, so that [`Key::secret_text`]
+    /// can scrub it from error texts.
+    pub fn with_text(mut self, text: fedi_protocol::SecretString) -> Key {
+        self.text = Some(std::sync::Arc::new(text));
+        self
+    }
+
+    /// The secret as it was read, if known.
+    pub fn secret_text(&self) -> Option<&fedi_protocol::SecretString> {
+        self.text.as_deref()
     }
 }
 
@@ -225,17 +241,7 @@ impl Update {
             signed = key.is_some(),
             "sending UPDATE"
         );
-        let response = if endpoint.transport == Transport::Udp && bytes.len() <= MAX_UDP_REQUEST {
-            let response = udp(endpoint, message).await?;
-            if response.truncation {
-                tracing::debug!("the UDP answer is truncated; sending the same message over TCP");
-                tcp(endpoint, &bytes).await?
-            } else {
-                response
-            }
-        } else {
-            tcp(endpoint, &bytes).await?
-        };
+        let response = exchange(endpoint, &bytes).await?;
         // The verifier's type is not public in hickory; hand over a closure.
         let verify = |answer: &[u8]| match verifier {
             Some(mut verifier) => verifier.verify(answer).is_ok(),
@@ -253,20 +259,79 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Sends the (already signed) message over UDP; hickory retransmits the
-/// same datagram until an answer comes or the timeout passes.
-async fn udp(endpoint: &Endpoint, message: Message) -> Result<DnsResponse, Failure> {
-    let mut stream = UdpClientStream::builder(endpoint.address, TokioRuntimeProvider::default())
-        .with_timeout(Some(endpoint.timeout))
-        .build();
-    let mut options = DnsRequestOptions::default();
-    options.use_edns = false;
-    options.recursion_desired = false;
-    stream
-        .send_message(DnsRequest::new(message, options))
-        .first_answer()
+/// Sends a message (already encoded, and signed if it is to be) and returns
+/// the answer: over UDP when the transport is UDP and the message fits,
+/// again over TCP when the UDP answer comes back truncated; otherwise over
+/// TCP. Each transport waits at most `endpoint.timeout` once.
+pub async fn exchange(endpoint: &Endpoint, bytes: &[u8]) -> Result<DnsResponse, Failure> {
+    if endpoint.transport == Transport::Udp && bytes.len() <= MAX_UDP_REQUEST {
+        let response = udp(endpoint, bytes).await?;
+        if !response.truncation {
+            return Ok(response);
+        }
+        tracing::debug!("the UDP answer is truncated; sending the same message over TCP");
+    }
+    tcp(endpoint, bytes).await
+}
+
+/// Sends the datagram on a *connected* UDP socket, so that an ICMP "port
+/// unreachable" from the server's host ends the wait at once
+/// (`ECONNREFUSED` on the socket) instead of being ignored; resends the same
+/// bytes after 1 s, 2 s, 4 s ... until an answer with our message id comes
+/// or `endpoint.timeout` has passed (once, in all).
+async fn udp(endpoint: &Endpoint, bytes: &[u8]) -> Result<DnsResponse, Failure> {
+    let started = tokio::time::Instant::now();
+    let deadline = started + endpoint.timeout;
+    let server = endpoint.address;
+    let local: SocketAddr = if server.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = tokio::net::UdpSocket::bind(local)
         .await
-        .map_err(Failure::from_net)
+        .map_err(|e| Failure::Network(format!("cannot open a UDP socket: {e}")))?;
+    socket
+        .connect(server)
+        .await
+        .map_err(|e| udp_error(server, e))?;
+    let id = u16::from_be_bytes([bytes[0], bytes[1]]);
+    let mut resend_after = Duration::from_secs(1);
+    let mut buffer = vec![0u8; 65535];
+    loop {
+        socket.send(bytes).await.map_err(|e| udp_error(server, e))?;
+        let resend_at = (tokio::time::Instant::now() + resend_after).min(deadline);
+        resend_after *= 2;
+        loop {
+            match tokio::time::timeout_at(resend_at, socket.recv(&mut buffer)).await {
+                Err(_) if resend_at >= deadline => return Err(Failure::Timeout),
+                Err(_) => {
+                    tracing::debug!(server = %server, "no answer yet; sending the same datagram again");
+                    break;
+                }
+                Ok(Err(e)) => return Err(udp_error(server, e)),
+                Ok(Ok(length)) => {
+                    let answer = &buffer[..length];
+                    if answer.len() >= 2 && u16::from_be_bytes([answer[0], answer[1]]) == id {
+                        return DnsResponse::from_buffer(answer.to_vec())
+                            .map_err(|e| Failure::Protocol(e.to_string()));
+                    }
+                    tracing::debug!("ignoring a UDP datagram with another id");
+                }
+            }
+        }
+    }
+}
+
+fn udp_error(server: SocketAddr, error: std::io::Error) -> Failure {
+    if error.kind() == std::io::ErrorKind::ConnectionRefused {
+        Failure::Network(format!(
+            "nothing listens on UDP port {} (ICMP port unreachable)",
+            server.port()
+        ))
+    } else {
+        Failure::Network(format!("UDP to {server}: {error}"))
+    }
 }
 
 /// Sends the signed bytes over a new TCP connection and reads the answer.

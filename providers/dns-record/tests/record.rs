@@ -485,8 +485,9 @@ fn wrong_key_wrong_zone_and_server_down_are_explained() {
             ),
             (
                 json!({"server": {"address": "127.0.0.1", "port": closed_port}, "timeoutSeconds": 1}),
-                "backend unavailable (retryable) `server`: no answer from 127.0.0.1:CLOSED to a \
-                 query about zone `example.test` within 1 s",
+                "backend unavailable (retryable) `server`: cannot reach 127.0.0.1:CLOSED for a \
+                 query about zone `example.test`: nothing listens on UDP port CLOSED (ICMP port \
+                 unreachable)",
             ),
         ];
         for (extra, expected) in cases {
@@ -694,6 +695,96 @@ fn a_lost_update_datagram_is_resent_with_its_signature() {
             "{kind}: each is the same signed message, byte for byte"
         );
     }
+}
+
+#[test]
+fn udp_to_a_closed_port_fails_fast_and_silence_takes_timeout_seconds_once() {
+    let server = servers().into_iter().next().expect("a DNS server");
+    let base = server.inputs("fast", "A", &["192.0.2.80"]);
+    // Nothing listens on this loopback UDP port: the kernel answers ICMP
+    // port unreachable, which must end the wait at once.
+    let closed = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let started = std::time::Instant::now();
+    let message = provider()
+        .create(
+            "record",
+            with(
+                &base,
+                json!({"server": {"address": "127.0.0.1", "port": closed_port}, "timeoutSeconds": 10}),
+            ),
+            false,
+        )
+        .error_message();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "a closed UDP port fails fast, not after `timeoutSeconds` (took {took:?}): {message}"
+    );
+    let expected = format!(
+        "backend unavailable (retryable) `server`: cannot reach 127.0.0.1:{closed_port} for a \
+         query about zone `example.test`: nothing listens on UDP port {closed_port} (ICMP port \
+         unreachable)"
+    );
+    assert!(
+        message.contains(&expected),
+        "{message}\nshould contain:\n{expected}"
+    );
+    assert!(message.contains("\nhint: "), "{message}");
+
+    // A server that takes the datagrams and never answers: one wait of
+    // `timeoutSeconds`, and the message says how long it waited.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let started = std::time::Instant::now();
+    let message = provider()
+        .create(
+            "record",
+            with(
+                &base,
+                json!({"server": {"address": "127.0.0.1", "port": silent_port}, "timeoutSeconds": 2}),
+            ),
+            false,
+        )
+        .error_message();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_millis(3500),
+        "one wait of timeoutSeconds = 2 (took {took:?}): {message}"
+    );
+    let expected = format!(
+        "backend unavailable (retryable) `server`: no answer from 127.0.0.1:{silent_port} to a \
+         query about zone `example.test` within 2 s"
+    );
+    assert!(
+        message.contains(&expected),
+        "{message}\nshould contain:\n{expected}"
+    );
+    drop(silent);
+
+    // The UPDATE itself unanswered (the relay passes queries, drops every
+    // UPDATE): one wait of `timeoutSeconds` too.
+    let relay = Relay::start(server.port, Box::new(|_| false));
+    let inputs = with(
+        &relay.inputs(&server, "fast", "A", &["192.0.2.80"]),
+        json!({"timeoutSeconds": 2}),
+    );
+    let started = std::time::Instant::now();
+    let message = provider().create("record", inputs, false).error_message();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_millis(3500),
+        "one wait of timeoutSeconds = 2 for the UPDATE (took {took:?}): {message}"
+    );
+    assert!(
+        message.contains(&format!(
+            "no answer from 127.0.0.1:{} to the UPDATE to zone `example.test` within 2 s",
+            relay.port
+        )),
+        "{message}"
+    );
+    assert!(server.dig("fast", "A").is_empty());
 }
 
 #[test]
