@@ -74,6 +74,10 @@ let
         fields = {
           adminEndpoint = str "URL of Garage's admin API";
           adminToken = check.secretRef "Garage's admin API token";
+          # Optional; without it the providers derive key ids with the admin token.
+          keyIdSecret = check.secretRef "the hosting provider's secret the access key ids are derived with (at least 16 random bytes; default: the admin token)" // {
+            optional = true;
+          };
           s3Endpoint = str "URL of Garage's S3 API";
           webEndpoint = optStr "base URL of Garage's [s3_web] endpoint (public buckets are served under it)";
           region = {

@@ -154,11 +154,13 @@ let
 
   # --- connection settings shared by the resources --------------------------
   proxmox = pick [ "endpoint" "tokenId" "tokenSecret" "caFile" "fingerprint" ] hosting.proxmox;
-  garage = pick [ "adminEndpoint" "adminToken" "s3Endpoint" "region" "webEndpoint" ] hosting.garage;
+  garage = pick [ "adminEndpoint" "adminToken" "keyIdSecret" "s3Endpoint" "region" "webEndpoint" ] hosting.garage;
+  # Recorded on the operator's buckets and part of its key ids (ADR 009).
+  owner = "fediversity:${slug}";
   dns = {
     inherit zone;
     inherit (hosting.dns) server tsig ttl;
-    owner = "fediversity:${slug}";
+    inherit owner;
   };
   inherit (hosting.deployer) sshUser;
 
@@ -218,7 +220,7 @@ let
           dependsOn = [ ];
           inputs =
             {
-              inherit garage;
+              inherit garage owner;
               name = bucketName b;
               onDelete = settings.onDisable;
             }
@@ -309,7 +311,7 @@ let
         state = "required";
         dependsOn = map bucketRes bucketIds;
         inputs = {
-          inherit garage;
+          inherit garage owner;
           name = "${slug}-${app}";
           secretKeyPath = "${hosting.deployer.s3SecretDir}/${fileName "${slug}-${app}"}";
           allowCreateBucket = false;

@@ -16,7 +16,7 @@ in
   resourceTypes = {
     bucket = {
       description = ''
-        A Garage bucket: global alias, quotas, website access, CORS rules, and whether deleting it keeps or purges its data. An existing bucket with the same alias is adopted and brought to the declared settings.
+        A Garage bucket: global alias, quotas, website access, CORS rules, and whether deleting it keeps or purges its data. It carries a record of its owner; an existing bucket with the same alias is adopted only when it carries this resource's record (a retry after a crash) or with `takeOver = true`, never silently.
 
         Supports, beyond NixOps4 v0: delete (`xDeleteResourceRequest`), read (`xReadResourceRequest`).
       '';
@@ -75,7 +75,9 @@ in
                   description = ''
                     URL of the admin API (`[admin] api_bind_addr` in garage.toml), e.g.
                     `https://garage-admin.example.org` or `http://[::1]:3903`. HTTPS
-                    certificates are verified against the system's trusted roots.
+                    certificates are verified against the system's trusted roots;
+                    `http://` is refused unless the host is a loopback address (the
+                    admin token would travel in clear).
                   '';
                 };
                 adminToken = mkOption {
@@ -103,6 +105,36 @@ in
                     environment variable.
                   '';
                 };
+                keyIdSecret = mkOption {
+                  type = types.nullOr (types.submodule {
+                    options = {
+                      env = mkOption {
+                        type = types.nullOr (types.str);
+                        default = null;
+                        description = ''
+                          Name of an environment variable holding the secret.
+                        '';
+                      };
+                      file = mkOption {
+                        type = types.nullOr (types.str);
+                        default = null;
+                        description = ''
+                          Path of a file holding the secret.
+                        '';
+                      };
+                    };
+                  });
+                  default = null;
+                  description = ''
+                    The hosting provider's secret from which access key ids are derived
+                    (HMAC-SHA256 of the resource's `owner` and `name`), so that nobody
+                    without it can predict or plant the id of a key this provider will
+                    make or adopt: a file or environment variable holding at least 16
+                    random bytes, the same for every deployment that manages these
+                    keys. Unset: the admin token is used (then rotating the token
+                    changes the ids of keys made after it; existing keys keep theirs).
+                  '';
+                };
                 region = mkOption {
                   type = types.str;
                   default = "garage";
@@ -116,6 +148,15 @@ in
                     URL of the S3 API (`[s3_api] api_bind_addr`), e.g.
                     `https://s3.example.org`. Used for outputs, `onDelete = "purge"` and
                     `verify`.
+                  '';
+                };
+                s3TimeoutSeconds = mkOption {
+                  type = types.ints.unsigned;
+                  default = 30;
+                  description = ''
+                    How long one S3 request may take to connect and between reads, in
+                    seconds (purge and `verify` use S3); its retries together take at
+                    most three times as long.
                   '';
                 };
                 webEndpoint = mkOption {
@@ -164,6 +205,28 @@ in
               refuses to delete a bucket that still holds objects (the data stays,
               and the error says so); `purge` deletes every object and unfinished
               upload, then the bucket.
+            '';
+          };
+          owner = mkOption {
+            type = types.str;
+            default = "";
+            description = ''
+              Whose bucket this is, e.g. `fediversity:alice-fedi-test`: recorded
+              on the bucket (an ownership key named after it), and shown when
+              another resource finds the bucket. Deployments sharing a Garage need
+              distinct owners. Changing it moves the record.
+            '';
+          };
+          takeOver = mkOption {
+            type = types.bool;
+            default = false;
+            description = ''
+              Manage a bucket of this name that exists without this resource's
+              ownership record (made by hand, by another tool, or by another
+              owner): create then adopts it, records this resource as its owner
+              (removing other owners' records) and applies the declared settings;
+              update and delete act on it even if another owner took it over
+              since. Set it for one apply, deliberately.
             '';
           };
           website = mkOption {
@@ -232,7 +295,7 @@ in
     };
     key = {
       description = ''
-        A Garage access key with exact permissions on buckets and the bucket-creation right. Its secret is written to a file (mode 0600) on the deploying machine, never output; a missing file is fetched again from Garage.
+        A Garage access key with exact permissions on buckets and the bucket-creation right. Its secret is written to a file (mode 0600) on the deploying machine, never output; a missing file is fetched again from Garage. Its id is derived from `owner` and `name` with the hosting provider's secret; a key found there under another name is not adopted without `takeOver = true`.
 
         Supports, beyond NixOps4 v0: delete (`xDeleteResourceRequest`), read (`xReadResourceRequest`).
       '';
@@ -254,7 +317,9 @@ in
                   description = ''
                     URL of the admin API (`[admin] api_bind_addr` in garage.toml), e.g.
                     `https://garage-admin.example.org` or `http://[::1]:3903`. HTTPS
-                    certificates are verified against the system's trusted roots.
+                    certificates are verified against the system's trusted roots;
+                    `http://` is refused unless the host is a loopback address (the
+                    admin token would travel in clear).
                   '';
                 };
                 adminToken = mkOption {
@@ -282,6 +347,36 @@ in
                     environment variable.
                   '';
                 };
+                keyIdSecret = mkOption {
+                  type = types.nullOr (types.submodule {
+                    options = {
+                      env = mkOption {
+                        type = types.nullOr (types.str);
+                        default = null;
+                        description = ''
+                          Name of an environment variable holding the secret.
+                        '';
+                      };
+                      file = mkOption {
+                        type = types.nullOr (types.str);
+                        default = null;
+                        description = ''
+                          Path of a file holding the secret.
+                        '';
+                      };
+                    };
+                  });
+                  default = null;
+                  description = ''
+                    The hosting provider's secret from which access key ids are derived
+                    (HMAC-SHA256 of the resource's `owner` and `name`), so that nobody
+                    without it can predict or plant the id of a key this provider will
+                    make or adopt: a file or environment variable holding at least 16
+                    random bytes, the same for every deployment that manages these
+                    keys. Unset: the admin token is used (then rotating the token
+                    changes the ids of keys made after it; existing keys keep theirs).
+                  '';
+                };
                 region = mkOption {
                   type = types.str;
                   default = "garage";
@@ -295,6 +390,15 @@ in
                     URL of the S3 API (`[s3_api] api_bind_addr`), e.g.
                     `https://s3.example.org`. Used for outputs, `onDelete = "purge"` and
                     `verify`.
+                  '';
+                };
+                s3TimeoutSeconds = mkOption {
+                  type = types.ints.unsigned;
+                  default = 30;
+                  description = ''
+                    How long one S3 request may take to connect and between reads, in
+                    seconds (purge and `verify` use S3); its retries together take at
+                    most three times as long.
                   '';
                 };
                 webEndpoint = mkOption {
@@ -316,9 +420,18 @@ in
           name = mkOption {
             type = types.str;
             description = ''
-              The key's name in Garage. The access key id is derived from it (so
-              that a retried create finds the key); changing the name later only
-              renames the key.
+              The key's name in Garage. The access key id is derived from it and
+              `owner` with the hosting provider's secret (so that a retried create
+              finds the key); changing the name later only renames the key.
+            '';
+          };
+          owner = mkOption {
+            type = types.str;
+            default = "";
+            description = ''
+              Whose key this is, e.g. `fediversity:alice-fedi-test`; part of the
+              access key id's derivation. Deployments sharing a Garage need
+              distinct owners.
             '';
           };
           permissions = mkOption {
@@ -367,6 +480,16 @@ in
               (mode 0600, atomically; missing directories are created 0700). Hand
               it to services as a key file (e.g. `nixos-config` secrets), never
               through the Nix store.
+            '';
+          };
+          takeOver = mkOption {
+            type = types.bool;
+            default = false;
+            description = ''
+              Manage a key that is not provably this resource's: on create, the
+              key at this resource's id under another name (it is then renamed and
+              its permissions made exact); on update and delete, a key whose name
+              is no longer the recorded one. Set it for one apply, deliberately.
             '';
           };
           verify = mkOption {

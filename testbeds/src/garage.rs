@@ -10,6 +10,10 @@ use serde_json::{Value, json};
 /// The admin token of every test server (in a file, as users keep it).
 pub const ADMIN_TOKEN: &str = "test-admin-token-4f1c2a9e7d";
 
+/// What the names of fedi-garage-bucket's ownership keys start with (the
+/// provider's `owner::OWNERSHIP_KEY_PREFIX`).
+pub const OWNERSHIP_KEY_PREFIX: &str = "fedi-garage-bucket ownership: owner=";
+
 pub struct GarageServer {
     child: Child,
     pub dir: tempfile::TempDir,
@@ -227,17 +231,38 @@ admin_token = "{ADMIN_TOKEN}"
         aliases
     }
 
-    /// The names of every access key, sorted.
+    /// The names of every access key, sorted, fedi-garage-bucket's
+    /// ownership keys aside (one per bucket it manages: no permissions, no
+    /// secret anyone holds, the bucket's owner record; ADR 009): the keys a
+    /// deployment declared.
     pub fn key_names(&self) -> Vec<String> {
-        let keys = self.admin(reqwest::Method::GET, "ListKeys", &[], None);
-        let mut names: Vec<String> = keys
-            .as_array()
+        let mut names: Vec<String> = self
+            .all_key_names()
             .into_iter()
-            .flatten()
-            .filter_map(|k| k["name"].as_str().map(str::to_string))
+            .filter(|n| !n.starts_with(OWNERSHIP_KEY_PREFIX))
             .collect();
         names.sort();
         names
+    }
+
+    /// The names of fedi-garage-bucket's ownership keys, sorted.
+    pub fn ownership_key_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .all_key_names()
+            .into_iter()
+            .filter(|n| n.starts_with(OWNERSHIP_KEY_PREFIX))
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn all_key_names(&self) -> Vec<String> {
+        let keys = self.admin(reqwest::Method::GET, "ListKeys", &[], None);
+        keys.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|k| k["name"].as_str().map(str::to_string))
+            .collect()
     }
 
     /// A GET on the `[s3_web]` endpoint for website bucket `alias`.

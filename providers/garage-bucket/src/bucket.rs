@@ -1,11 +1,14 @@
 //! Resource type `bucket`: a Garage bucket with its global alias, quotas,
 //! website access, CORS rules, and what happens to its data on delete.
 //!
-//! Create adopts an existing bucket of the same global alias (a retry after
-//! a crash, or an existing bucket the deployment is to manage) and then sets
-//! every setting, so the bucket ends up exactly as declared. Delete either
-//! keeps the data (refusing to delete a non-empty bucket) or purges it
-//! through S3, including unfinished multipart uploads.
+//! Every bucket it makes carries an ownership record (a local alias of an
+//! ownership key derived from `owner` and `name`, see [`crate::owner`]).
+//! Create adopts an existing bucket of the same global alias only when that
+//! record is this resource's (a retry after a crash), or with
+//! `takeOver = true`; otherwise it is an error saying whose it looks like.
+//! Update and delete refuse a bucket that now carries only someone else's
+//! record. Delete either keeps the data (refusing to delete a non-empty
+//! bucket) or purges it through S3, including unfinished multipart uploads.
 
 use fedi_protocol::schemars::{self, JsonSchema};
 use fedi_protocol::{CreateContext, Drift, Error, ReadOutcome, Recorded, Resource, Result};
@@ -14,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::garage::{Admin, ApiCorsRule, BucketInfo, BucketRef, Garage, Quotas};
+use crate::owner::{self, Ownership};
 
 /// Inputs of `bucket`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -45,6 +49,20 @@ pub struct BucketInputs {
     /// upload, then the bucket.
     #[serde(default)]
     pub on_delete: OnDelete,
+    /// Whose bucket this is, e.g. `fediversity:alice-fedi-test`: recorded
+    /// on the bucket (an ownership key named after it), and shown when
+    /// another resource finds the bucket. Deployments sharing a Garage need
+    /// distinct owners. Changing it moves the record.
+    #[serde(default)]
+    pub owner: String,
+    /// Manage a bucket of this name that exists without this resource's
+    /// ownership record (made by hand, by another tool, or by another
+    /// owner): create then adopts it, records this resource as its owner
+    /// (removing other owners' records) and applies the declared settings;
+    /// update and delete act on it even if another owner took it over
+    /// since. Set it for one apply, deliberately.
+    #[serde(default)]
+    pub take_over: bool,
 }
 
 /// Website access settings.
@@ -117,6 +135,7 @@ impl BucketInputs {
     fn validate(&self) -> Result<()> {
         self.garage.validate()?;
         validate_bucket_name("name", &self.name)?;
+        owner::validate_owner(&self.owner)?;
         if let Some(website) = &self.website
             && (website.index_document.is_empty() || website.index_document.ends_with('/'))
         {
@@ -201,18 +220,50 @@ impl BucketInputs {
     }
 }
 
-/// S3 bucket naming rules, checked before anything is sent.
+/// S3 bucket naming rules (as AWS documents them, and Garage's own),
+/// checked before anything is sent.
 pub fn validate_bucket_name(field: &str, name: &str) -> Result<()> {
-    let valid_chars = name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
-    let ends_ok = name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
-    if (3..=63).contains(&name.len()) && valid_chars && ends_ok && !name.contains("..") {
-        return Ok(());
+    let problem = bucket_name_problem(name);
+    match problem {
+        None => Ok(()),
+        Some(problem) => Err(Error::invalid_input(
+            field,
+            format!("{name:?} is not a valid bucket name: {problem}"),
+        )
+        .with_hint(
+            "use 3 to 63 characters: lowercase letters, digits, `-` and `.`, starting and ending \
+             with a letter or digit, not an IP address, not starting with `xn--`, `sthree-` or \
+             `amzn-s3-demo-`, not ending with `-s3alias`, `--ol-s3`, `.mrap`, `--x-s3` or \
+             `--table-s3`",
+        )),
     }
-    Err(Error::invalid_input(field, format!("{name:?} is not a valid bucket name"))
-        .with_hint("use 3 to 63 characters: lowercase letters, digits, `-` and `.`, starting and ending with a letter or digit"))
+}
+
+fn bucket_name_problem(name: &str) -> Option<&'static str> {
+    const PREFIXES: [&str; 3] = ["xn--", "sthree-", "amzn-s3-demo-"];
+    const SUFFIXES: [&str; 5] = ["-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3"];
+    if !(3..=63).contains(&name.len()) {
+        Some("it must be 3 to 63 characters long")
+    } else if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+    {
+        Some("only lowercase letters, digits, `-` and `.` are allowed")
+    } else if !name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        || !name.ends_with(|c: char| c.is_ascii_alphanumeric())
+    {
+        Some("it must start and end with a letter or digit")
+    } else if name.contains("..") {
+        Some("it must not contain two adjacent periods")
+    } else if name.parse::<std::net::IpAddr>().is_ok() {
+        Some("it must not be formatted as an IP address")
+    } else if PREFIXES.iter().any(|p| name.starts_with(p)) || name.contains(".xn--") {
+        Some("S3 reserves this prefix")
+    } else if SUFFIXES.iter().any(|s| name.ends_with(s)) {
+        Some("S3 reserves this suffix")
+    } else {
+        None
+    }
 }
 
 /// The `bucket` resource type.
@@ -225,8 +276,9 @@ impl Resource for Bucket {
 
     const TYPE: &'static str = "bucket";
     const DESCRIPTION: &'static str = "A Garage bucket: global alias, quotas, website access, CORS rules, \
-        and whether deleting it keeps or purges its data. An existing bucket with the same alias is \
-        adopted and brought to the declared settings.";
+        and whether deleting it keeps or purges its data. It carries a record of its owner; an \
+        existing bucket with the same alias is adopted only when it carries this resource's record \
+        (a retry after a crash) or with `takeOver = true`, never silently.";
     const REQUIRE_STATE: bool = true;
     const SUPPORTS_DELETE: bool = true;
     const SUPPORTS_READ: bool = true;
@@ -234,14 +286,20 @@ impl Resource for Bucket {
     async fn create(&self, inputs: BucketInputs, _: CreateContext) -> Result<BucketOutputs> {
         inputs.validate()?;
         let admin = Admin::connect(&inputs.garage)?;
+        let (owner_id, owner_name) = owner::ownership_key(&admin, &inputs.owner, &inputs.name);
+        owner::ensure_key(&admin, &owner_id, &owner_name).await?;
         // Create first and look only when that fails: each admin call costs
-        // tens of milliseconds, and most creates are of new buckets.
+        // tens of milliseconds, and most creates are of new buckets. The
+        // ownership record comes in the same request.
         let created: Result<BucketInfo, _> = admin
             .call(
                 Method::POST,
                 "CreateBucket",
                 &[],
-                Some(&json!({"globalAlias": inputs.name})),
+                Some(&json!({
+                    "globalAlias": inputs.name,
+                    "localAlias": {"accessKeyId": owner_id, "alias": inputs.name},
+                })),
             )
             .await;
         let info = match created {
@@ -249,14 +307,22 @@ impl Resource for Bucket {
                 tracing::info!(bucket = %inputs.name, id = %info.id, "created the bucket");
                 info
             }
-            // A retry after a crash, or a bucket to manage from now on.
             Err(e) if e.code.as_deref() == Some("BucketAlreadyExists") => {
                 let existing = admin
                     .bucket(BucketRef::Alias(&inputs.name))
                     .await?
                     .ok_or(e.error)?;
-                tracing::info!(bucket = %inputs.name, id = %existing.id, "adopting the existing bucket");
-                existing
+                match owner::ownership(&existing, &owner_id) {
+                    // A retry after a crash: the record is ours.
+                    Ownership::Ours => {
+                        tracing::info!(bucket = %inputs.name, id = %existing.id, "adopting the bucket this resource made");
+                        existing
+                    }
+                    _ if inputs.take_over => {
+                        take_over(&admin, &inputs, existing, &owner_id, &owner_name).await?
+                    }
+                    other => return Err(not_ours(&inputs.name, &existing, &other, "create")),
+                }
             }
             Err(e) => return Err(e.error),
         };
@@ -281,7 +347,9 @@ impl Resource for Bucket {
             ))
             .with_hint("it was deleted outside this deployment; remove the resource from the state to create it anew")
         })?;
-        let mut info = info;
+        let (old_id, _) =
+            owner::ownership_key(&admin, &previous.inputs.owner, &previous.inputs.name);
+        let mut info = check_recorded(&admin, &previous, &inputs, info, &old_id, "update").await?;
         if !info.global_aliases.contains(&inputs.name) {
             info = admin
                 .call::<BucketInfo>(
@@ -307,6 +375,13 @@ impl Resource for Bucket {
                 .call(Method::POST, "RemoveBucketAlias", &[], Some(&old))
                 .await?;
         }
+        // A new owner or name: the record moves with it.
+        let (new_id, new_name) = owner::ownership_key(&admin, &inputs.owner, &inputs.name);
+        if new_id != old_id {
+            owner::claim(&admin, id, &new_id, &new_name, &inputs.name).await?;
+            owner::release(&admin, &old_id).await?;
+            tracing::info!(bucket = %inputs.name, owner = %inputs.owner, "moved the ownership record");
+        }
         let info = apply_settings(&admin, id, &inputs, info).await?;
         Ok(inputs.outputs(&info))
     }
@@ -315,10 +390,12 @@ impl Resource for Bucket {
         let inputs = &current.inputs;
         let admin = Admin::connect(&inputs.garage)?;
         let id = &current.outputs.bucket_id;
+        let (owner_id, _) = owner::ownership_key(&admin, &inputs.owner, &inputs.name);
         let Some(info) = admin.bucket(BucketRef::Id(id)).await? else {
             tracing::info!(bucket = %current.outputs.name, "the bucket is already gone");
-            return Ok(());
+            return owner::release(&admin, &owner_id).await;
         };
+        let info = check_recorded(&admin, &current, inputs, info, &owner_id, "delete").await?;
         match inputs.on_delete {
             OnDelete::Keep => {
                 if info.objects > 0 || info.unfinished_multipart_uploads > 0 {
@@ -345,6 +422,7 @@ impl Resource for Bucket {
             }
             Err(e) => return Err(e.error),
         }
+        owner::release(&admin, &owner_id).await?;
         tracing::info!(bucket = %current.outputs.name, id = %id, "deleted the bucket");
         Ok(())
     }
@@ -365,6 +443,92 @@ impl Resource for Bucket {
             outputs: inputs.outputs(&info),
             drift: drift(inputs, &info),
         })
+    }
+}
+
+/// The error for a bucket that exists but is not provably this resource's.
+fn not_ours(name: &str, info: &BucketInfo, ownership: &Ownership, action: &str) -> Error {
+    let whose = match ownership {
+        Ownership::Others(others) => format!(
+            "it is recorded as the bucket of {}",
+            owner::describe_others(others)
+        ),
+        _ => {
+            "it carries no ownership record of fedi-garage-bucket (made by hand, by another tool, \
+              or by a version of this provider before ownership records)"
+                .to_string()
+        }
+    };
+    Error::conflict(format!(
+        "bucket `{name}` (id {}) exists in Garage and is not this resource's: {whose}; refusing to {action} it",
+        info.id
+    ))
+    .with_field("name")
+    .with_hint(
+        "choose another `name`; or, if this resource is to manage that bucket from now on (its \
+         quotas, website and CORS become the declared ones, and deleting the resource deletes it), \
+         set `takeOver = true` for one apply",
+    )
+}
+
+/// Makes an existing bucket this resource's: its record added, other
+/// owners' records removed.
+async fn take_over(
+    admin: &Admin,
+    inputs: &BucketInputs,
+    existing: BucketInfo,
+    owner_id: &str,
+    owner_name: &str,
+) -> Result<BucketInfo> {
+    if let Ownership::Others(others) = owner::ownership(&existing, owner_id) {
+        for (other, name) in others {
+            tracing::warn!(bucket = %inputs.name, key = %other, name = %name, "takeOver: removing another owner's record");
+            owner::release(admin, &other).await?;
+        }
+    }
+    owner::claim(admin, &existing.id, owner_id, owner_name, &inputs.name).await?;
+    tracing::warn!(bucket = %inputs.name, id = %existing.id, "took the existing bucket over (takeOver = true)");
+    Ok(admin
+        .bucket(BucketRef::Id(&existing.id))
+        .await?
+        .unwrap_or(existing))
+}
+
+/// Before an update or delete: the bucket at the recorded id must carry
+/// this resource's record. Bucket ids are random and never reused, so one
+/// without any record was made by this resource (before records existed,
+/// or its record was removed) and gets it back; one carrying only another
+/// owner's record was taken over since, and is refused without `takeOver`.
+async fn check_recorded(
+    admin: &Admin,
+    recorded: &Recorded<BucketInputs, BucketOutputs>,
+    inputs: &BucketInputs,
+    info: BucketInfo,
+    owner_id: &str,
+    action: &str,
+) -> Result<BucketInfo> {
+    let (_, owner_name) =
+        owner::ownership_key(admin, &recorded.inputs.owner, &recorded.inputs.name);
+    match owner::ownership(&info, owner_id) {
+        Ownership::Ours => Ok(info),
+        Ownership::Others(_) if inputs.take_over => {
+            take_over(admin, &recorded.inputs, info, owner_id, &owner_name).await
+        }
+        other @ Ownership::Others(_) => {
+            Err(not_ours(&recorded.outputs.name, &info, &other, action))
+        }
+        Ownership::Unrecorded => {
+            owner::claim(
+                admin,
+                &info.id,
+                owner_id,
+                &owner_name,
+                &recorded.inputs.name,
+            )
+            .await?;
+            tracing::info!(bucket = %recorded.outputs.name, "recorded the bucket's owner");
+            Ok(admin.bucket(BucketRef::Id(&info.id)).await?.unwrap_or(info))
+        }
     }
 }
 
@@ -461,10 +625,33 @@ mod tests {
 
     #[test]
     fn bucket_names() {
-        for good in ["abc", "media-1", "peertube.videos"] {
+        for good in [
+            "abc",
+            "media-1",
+            "peertube.videos",
+            "a--b",
+            "x---0123456789abcdef",
+        ] {
             validate_bucket_name("name", good).unwrap();
         }
-        for bad in ["ab", "Media", "-x-", "a..b", "under_score", &"x".repeat(64)] {
+        for bad in [
+            "ab",
+            "Media",
+            "-x-",
+            "a..b",
+            "under_score",
+            &"x".repeat(64),
+            "192.168.5.4",
+            "xn--bcher-kva",
+            "a.xn--bcher-kva",
+            "sthree-media",
+            "amzn-s3-demo-media",
+            "media-s3alias",
+            "media--ol-s3",
+            "media.mrap",
+            "media--x-s3",
+            "media--table-s3",
+        ] {
             let error = validate_bucket_name("name", bad).unwrap_err();
             assert_eq!(error.field(), Some("name"), "{bad}");
         }

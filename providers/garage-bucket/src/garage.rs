@@ -16,7 +16,9 @@ use serde_json::{Value, json};
 pub struct Garage {
     /// URL of the admin API (`[admin] api_bind_addr` in garage.toml), e.g.
     /// `https://garage-admin.example.org` or `http://[::1]:3903`. HTTPS
-    /// certificates are verified against the system's trusted roots.
+    /// certificates are verified against the system's trusted roots;
+    /// `http://` is refused unless the host is a loopback address (the
+    /// admin token would travel in clear).
     pub admin_endpoint: String,
     /// The admin API token (`admin_token` in garage.toml, or a token made
     /// with `garage admin-token create`), read from a file or an
@@ -35,6 +37,25 @@ pub struct Garage {
     /// is output.
     #[serde(default)]
     pub web_endpoint: Option<String>,
+    /// The hosting provider's secret from which access key ids are derived
+    /// (HMAC-SHA256 of the resource's `owner` and `name`), so that nobody
+    /// without it can predict or plant the id of a key this provider will
+    /// make or adopt: a file or environment variable holding at least 16
+    /// random bytes, the same for every deployment that manages these
+    /// keys. Unset: the admin token is used (then rotating the token
+    /// changes the ids of keys made after it; existing keys keep theirs).
+    #[serde(default)]
+    pub key_id_secret: Option<SecretRef>,
+    /// How long one S3 request may take to connect and between reads, in
+    /// seconds (purge and `verify` use S3); its retries together take at
+    /// most three times as long.
+    #[serde(default = "default_s3_timeout")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub s3_timeout_seconds: u64,
+}
+
+fn default_s3_timeout() -> u64 {
+    30
 }
 
 fn default_region() -> String {
@@ -52,6 +73,21 @@ impl Garage {
             let Some(url) = url else { continue };
             match reqwest::Url::parse(url) {
                 Ok(parsed)
+                    if field == "garage.adminEndpoint"
+                        && parsed.scheme() == "http"
+                        && !is_loopback(&parsed) =>
+                {
+                    return Err(Error::invalid_input(
+                        field,
+                        format!(
+                            "{url:?} is plain http:// to a host that is not this machine: the admin token would travel in clear"
+                        ),
+                    )
+                    .with_hint(
+                        "give an https:// URL (Garage's admin API behind a TLS proxy), or reach it through a loopback address, e.g. an SSH tunnel to http://127.0.0.1:3903",
+                    ));
+                }
+                Ok(parsed)
                     if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => {}
                 _ => {
                     return Err(Error::invalid_input(
@@ -63,6 +99,13 @@ impl Garage {
                     ));
                 }
             }
+        }
+        if !(1..=3600).contains(&self.s3_timeout_seconds) {
+            return Err(Error::invalid_input(
+                "garage.s3TimeoutSeconds",
+                format!("{} is not between 1 and 3600", self.s3_timeout_seconds),
+            )
+            .with_hint("give the seconds one S3 request may take, e.g. 30"));
         }
         if self.region.is_empty() {
             return Err(Error::invalid_input("garage.region", "is empty")
@@ -77,6 +120,18 @@ impl Garage {
         let host = base.host_str()?.trim_start_matches('.');
         let port = base.port().map(|p| format!(":{p}")).unwrap_or_default();
         Some(format!("{}://{alias}.{host}{port}/", base.scheme()))
+    }
+}
+
+/// Whether `url`'s host is this machine (127.0.0.0/8, ::1, localhost).
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host == "localhost" || host.ends_with(".localhost"),
     }
 }
 
@@ -96,6 +151,19 @@ pub struct BucketInfo {
     #[serde(default)]
     pub unfinished_multipart_uploads: i64,
     pub quotas: Quotas,
+    /// The keys with permissions or local aliases on the bucket.
+    #[serde(default)]
+    pub keys: Vec<BucketKey>,
+}
+
+/// A key with permissions or local aliases on a bucket.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BucketKey {
+    pub access_key_id: String,
+    pub name: String,
+    #[serde(default)]
+    pub bucket_local_aliases: Vec<String>,
 }
 
 /// A bucket's website configuration.
@@ -236,6 +304,7 @@ pub struct Admin {
     http: reqwest::Client,
     base: reqwest::Url,
     token: SecretString,
+    id_secret: SecretString,
 }
 
 /// How often a call is tried when Garage is unreachable or unavailable.
@@ -246,6 +315,20 @@ impl Admin {
     pub fn connect(garage: &Garage) -> Result<Admin> {
         garage.validate()?;
         let token = garage.admin_token.read("garage.adminToken")?;
+        let id_secret = match &garage.key_id_secret {
+            Some(secret) => {
+                let value = secret.read("garage.keyIdSecret")?;
+                if value.expose_secret().len() < 16 {
+                    return Err(Error::invalid_input(
+                        "garage.keyIdSecret",
+                        format!("{} holds fewer than 16 characters", secret.describe()),
+                    )
+                    .with_hint("put at least 16 random bytes in it, e.g. `head -c 32 /dev/urandom | base64`"));
+                }
+                value
+            }
+            None => token.clone(),
+        };
         let base = reqwest::Url::parse(&garage.admin_endpoint).map_err(|e| {
             Error::invalid_input("garage.adminEndpoint", "not a URL").with_source(e)
         })?;
@@ -254,7 +337,12 @@ impl Admin {
             .timeout(Duration::from_secs(60))
             .build()
             .map_err(|e| Error::internal("cannot set up the HTTP client").with_source(e))?;
-        Ok(Admin { http, base, token })
+        Ok(Admin {
+            http,
+            base,
+            token,
+            id_secret,
+        })
     }
 
     /// Calls `endpoint` (e.g. `GetBucketInfo`) and decodes the answer.
@@ -372,6 +460,21 @@ impl Admin {
         Err(CallError { code, error })
     }
 
+    /// An access key id (`GK` + 24 hex digits) for `purpose` and `parts`,
+    /// derived with the hosting provider's secret (`garage.keyIdSecret`):
+    /// the same on every retry, and unpredictable without the secret.
+    pub fn derive_key_id(&self, purpose: &str, parts: &[&str]) -> String {
+        let mut message = format!("fedi-garage-bucket\0{purpose}");
+        for part in parts {
+            message.push('\0');
+            message.push_str(part);
+        }
+        key_id_from(&hmac_sha256(
+            self.id_secret.expose_secret().as_bytes(),
+            message.as_bytes(),
+        ))
+    }
+
     /// `GetBucketInfo` by global alias or id; `None` when there is none.
     pub async fn bucket(&self, by: BucketRef<'_>) -> Result<Option<BucketInfo>> {
         let query = match by {
@@ -439,7 +542,9 @@ fn strip_url(error: reqwest::Error) -> reqwest::Error {
 }
 
 /// An S3 client for Garage with static credentials: no credential chain or
-/// instance-metadata probing (which would cost seconds per process).
+/// instance-metadata probing (which would cost seconds per process), and
+/// bounded: `garage.s3TimeoutSeconds` to connect, between reads and per
+/// attempt, three times that for a request with its retries.
 pub fn s3_client(
     garage: &Garage,
     access_key_id: &str,
@@ -452,23 +557,59 @@ pub fn s3_client(
         None,
         "fedi-garage-bucket",
     );
+    let limit = Duration::from_secs(garage.s3_timeout_seconds);
+    let timeouts = aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+        .connect_timeout(limit.min(Duration::from_secs(10)))
+        .read_timeout(limit)
+        .operation_attempt_timeout(limit)
+        .operation_timeout(limit * 3)
+        .build();
     let config = aws_sdk_s3::Config::builder()
         .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
         .region(aws_sdk_s3::config::Region::new(garage.region.clone()))
         .endpoint_url(&garage.s3_endpoint)
         .credentials_provider(credentials)
         .force_path_style(true)
+        .timeout_config(timeouts)
         .build();
     aws_sdk_s3::Client::from_conf(config)
 }
 
-/// A deterministic Garage access key id (`GK` + 24 hex digits) for `seed`,
-/// so that a retry after a crash finds the key the crashed run imported.
-pub fn derived_key_id(seed: &str) -> String {
+/// HMAC-SHA256 (RFC 2104).
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
     use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(seed.as_bytes());
+    let mut block = [0u8; 64];
+    if key.len() > 64 {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| block.map(|b| b ^ byte);
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(message)
+        .finalize();
+    Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize()
+        .into()
+}
+
+fn key_id_from(digest: &[u8]) -> String {
     let hex: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
     format!("GK{hex}")
+}
+
+/// A short, stable tag for `seed` (not a secret, not an identity): names
+/// of probe objects.
+pub fn short_tag(seed: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(seed.as_bytes())
+        .iter()
+        .take(4)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A new random secret access key (64 hex digits, as Garage makes them).
@@ -484,12 +625,59 @@ mod tests {
     use super::*;
 
     #[test]
-    fn derived_key_ids_are_stable_and_garage_shaped() {
-        let id = derived_key_id("fedi-garage-key:mastodon");
-        assert_eq!(id, derived_key_id("fedi-garage-key:mastodon"));
-        assert_ne!(id, derived_key_id("fedi-garage-key:peertube"));
+    fn hmac_matches_rfc_4231() {
+        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        let long_key = [0xaau8; 131];
+        let mac = hmac_sha256(
+            &long_key,
+            b"Test Using Larger Than Block-Size Key - Hash Key First",
+        );
+        let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+    }
+
+    #[test]
+    fn derived_key_ids_are_garage_shaped() {
+        let id = key_id_from(&hmac_sha256(b"secret", b"x"));
         assert_eq!(id.len(), 26);
         assert!(id.starts_with("GK") && id[2..].chars().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn the_admin_endpoint_is_https_or_loopback() {
+        let mut garage = Garage {
+            admin_endpoint: "http://127.0.0.1:3903".into(),
+            admin_token: SecretRef::env("X"),
+            s3_endpoint: "http://127.0.0.1:3900".into(),
+            region: "garage".into(),
+            web_endpoint: None,
+            key_id_secret: None,
+            s3_timeout_seconds: 30,
+        };
+        for ok in [
+            "http://127.0.0.1:3903",
+            "http://[::1]:3903",
+            "http://localhost:3903",
+            "https://garage.example.org",
+        ] {
+            garage.admin_endpoint = ok.into();
+            garage.validate().unwrap();
+        }
+        for clear in ["http://garage.example.org:3903", "http://10.0.0.5:3903"] {
+            garage.admin_endpoint = clear.into();
+            let e = garage.validate().unwrap_err();
+            assert_eq!(e.field(), Some("garage.adminEndpoint"), "{clear}");
+            assert!(e.to_string().contains("travel in clear"), "{e}");
+            assert!(e.hint().unwrap().contains("https://"), "{e}");
+        }
     }
 
     #[test]
@@ -500,6 +688,8 @@ mod tests {
             s3_endpoint: "http://127.0.0.1:3900".into(),
             region: "garage".into(),
             web_endpoint: Some("http://web.garage.localhost:3902".into()),
+            key_id_secret: None,
+            s3_timeout_seconds: 30,
         };
         assert_eq!(
             garage.website_url("media").as_deref(),

@@ -2,9 +2,13 @@
 //! buckets, its secret written to a file (mode 0600) on the deploying
 //! machine.
 //!
-//! The access key id is derived from the key's `name` and the key is made
-//! with `ImportKey`, so a create retried after a crash finds the key the
-//! crashed run made instead of leaving an orphan. The secret is never an
+//! The access key id is derived from the key's `owner` and `name` with the
+//! hosting provider's secret (`garage.keyIdSecret`, HMAC-SHA256) and the key
+//! is made with `ImportKey`, so a create retried after a crash finds the key
+//! the crashed run made instead of leaving an orphan, and nobody without the
+//! secret can plant a key there. A key found at that id under another name
+//! is not adopted without `takeOver`; update and delete compare the key's
+//! name with the recorded one before acting. The secret is never an
 //! output and never regenerated: Garage keeps it, and a missing secret file
 //! is fetched again from Garage.
 
@@ -23,8 +27,9 @@ use serde_json::{Value, json};
 
 use crate::bucket::validate_bucket_name;
 use crate::garage::{
-    Admin, BucketRef, Garage, KeyInfo, Permissions, derived_key_id, random_secret, s3_client,
+    Admin, BucketRef, Garage, KeyInfo, Permissions, random_secret, s3_client, short_tag,
 };
+use crate::owner::validate_owner;
 
 /// Inputs of `key`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -32,10 +37,21 @@ use crate::garage::{
 pub struct KeyInputs {
     /// How to reach Garage.
     pub garage: Garage,
-    /// The key's name in Garage. The access key id is derived from it (so
-    /// that a retried create finds the key); changing the name later only
-    /// renames the key.
+    /// The key's name in Garage. The access key id is derived from it and
+    /// `owner` with the hosting provider's secret (so that a retried create
+    /// finds the key); changing the name later only renames the key.
     pub name: String,
+    /// Whose key this is, e.g. `fediversity:alice-fedi-test`; part of the
+    /// access key id's derivation. Deployments sharing a Garage need
+    /// distinct owners.
+    #[serde(default)]
+    pub owner: String,
+    /// Manage a key that is not provably this resource's: on create, the
+    /// key at this resource's id under another name (it is then renamed and
+    /// its permissions made exact); on update and delete, a key whose name
+    /// is no longer the recorded one. Set it for one apply, deliberately.
+    #[serde(default)]
+    pub take_over: bool,
     /// The key's permissions, exactly: permissions on buckets not listed
     /// here, and flags not set, are removed.
     #[serde(default)]
@@ -89,6 +105,7 @@ pub struct KeyOutputs {
 impl KeyInputs {
     fn validate(&self) -> Result<()> {
         self.garage.validate()?;
+        validate_owner(&self.owner)?;
         if self.name.trim().is_empty() {
             return Err(Error::invalid_input("name", "is empty")
                 .with_hint("name the key, e.g. \"mastodon-example-org\""));
@@ -174,7 +191,9 @@ impl Resource for Key {
     const TYPE: &'static str = "key";
     const DESCRIPTION: &'static str = "A Garage access key with exact permissions on buckets and the \
         bucket-creation right. Its secret is written to a file (mode 0600) on the deploying machine, \
-        never output; a missing file is fetched again from Garage.";
+        never output; a missing file is fetched again from Garage. Its id is derived from `owner` and \
+        `name` with the hosting provider's secret; a key found there under another name is not \
+        adopted without `takeOver = true`.";
     const REQUIRE_STATE: bool = true;
     const SUPPORTS_DELETE: bool = true;
     const SUPPORTS_READ: bool = true;
@@ -182,9 +201,13 @@ impl Resource for Key {
     async fn create(&self, inputs: KeyInputs, _: CreateContext) -> Result<KeyOutputs> {
         inputs.validate()?;
         let admin = Admin::connect(&inputs.garage)?;
-        let id = derived_key_id(&format!("fedi-garage-key:{}", inputs.name));
+        let id = admin.derive_key_id("key", &[&inputs.owner, &inputs.name]);
         let info = import(&admin, &id, &inputs.name).await?;
+        if info.name != inputs.name && !inputs.take_over {
+            return Err(not_ours(&id, &info.name, &inputs.name, "adopt"));
+        }
         fedi_protocol::fault::point("after-key-create");
+        check_secret_file(&inputs, &info)?;
         converge(&admin, &inputs, info).await
     }
 
@@ -203,6 +226,9 @@ impl Resource for Key {
                 import(&admin, id, &inputs.name).await?
             }
         };
+        if info.name != previous.outputs.name && info.name != inputs.name && !inputs.take_over {
+            return Err(not_ours(id, &info.name, &previous.outputs.name, "update"));
+        }
         let outputs = converge(&admin, &inputs, info).await?;
         if outputs.secret_key_path != previous.outputs.secret_key_path {
             remove_if_exists(&previous.outputs.secret_key_path).map_err(|e| {
@@ -219,22 +245,39 @@ impl Resource for Key {
     async fn delete(&self, current: Recorded<KeyInputs, KeyOutputs>) -> Result<()> {
         let admin = Admin::connect(&current.inputs.garage)?;
         let id = &current.outputs.access_key_id;
-        match admin
-            .call::<Value>(Method::POST, "DeleteKey", &[("id", id)], None)
-            .await
-        {
-            Ok(_) => tracing::info!(key = %id, "deleted the key"),
-            Err(e) if e.code.as_deref() == Some("NoSuchAccessKey") => {
-                tracing::info!(key = %id, "the key is already gone");
+        let path = &current.outputs.secret_key_path;
+        match admin.key(id, true).await? {
+            Some(info) => {
+                if info.name != current.outputs.name && !current.inputs.take_over {
+                    return Err(not_ours(id, &info.name, &current.outputs.name, "delete"));
+                }
+                // The secret file goes only if it still holds this key's
+                // secret: the path may hold another key's by now.
+                let wanted = info
+                    .secret_access_key
+                    .as_ref()
+                    .map(|s| format!("{}\n", s.expose_secret()));
+                let holds_ours =
+                    std::fs::read_to_string(path).is_ok_and(|have| Some(have) == wanted);
+                match admin
+                    .call::<Value>(Method::POST, "DeleteKey", &[("id", id)], None)
+                    .await
+                {
+                    Ok(_) => tracing::info!(key = %id, "deleted the key"),
+                    Err(e) if e.code.as_deref() == Some("NoSuchAccessKey") => {}
+                    Err(e) => return Err(e.error),
+                }
+                if !holds_ours {
+                    if path.exists() {
+                        tracing::warn!(path = %path.display(), "the secret file no longer holds this key's secret; leaving it");
+                    }
+                    return Ok(());
+                }
             }
-            Err(e) => return Err(e.error),
+            None => tracing::info!(key = %id, "the key is already gone"),
         }
-        remove_if_exists(&current.outputs.secret_key_path).map_err(|e| {
-            Error::internal(format!(
-                "cannot remove `{}`",
-                current.outputs.secret_key_path.display()
-            ))
-            .with_source(e)
+        remove_if_exists(path).map_err(|e| {
+            Error::internal(format!("cannot remove `{}`", path.display())).with_source(e)
         })
     }
 
@@ -342,6 +385,46 @@ async fn import(admin: &Admin, id: &str, name: &str) -> Result<KeyInfo> {
         }
         Err(e) => Err(e.error),
     }
+}
+
+/// The error for a key at this resource's id that is not provably its own.
+fn not_ours(id: &str, found: &str, expected: &str, action: &str) -> Error {
+    Error::conflict(format!(
+        "the Garage key {id} is named {found:?}, not {expected:?}: it is not provably this \
+         resource's (another resource of this owner named it so, or someone renamed it); refusing \
+         to {action} it"
+    ))
+    .with_field("name")
+    .with_hint(
+        "if it is this resource's key and the new name is wrong, rename it back (`garage key \
+         rename`); to manage it as this resource from now on (renamed, permissions made exact), \
+         set `takeOver = true` for one apply; otherwise give this resource another `name` or \
+         `owner`",
+    )
+}
+
+/// On create: a secret file already at `secretKeyPath` that holds something
+/// else than this key's secret belongs to someone else; it is not
+/// overwritten unless `takeOver`.
+fn check_secret_file(inputs: &KeyInputs, info: &KeyInfo) -> Result<()> {
+    let path = inputs.secret_path()?;
+    let Ok(have) = std::fs::read_to_string(&path) else {
+        return Ok(());
+    };
+    let ours = info
+        .secret_access_key
+        .as_ref()
+        .is_some_and(|s| have == format!("{}\n", s.expose_secret()));
+    if ours || inputs.take_over {
+        return Ok(());
+    }
+    Err(Error::conflict(format!(
+        "`{}` already exists and does not hold this key's secret: it looks like another key's \
+         secret file; refusing to overwrite it",
+        path.display()
+    ))
+    .with_field("secretKeyPath")
+    .with_hint("choose another `secretKeyPath`; or remove the file, or set `takeOver = true`, if it is stale"))
 }
 
 /// Brings the key to the inputs: name, bucket-creation right, exact bucket
@@ -483,10 +566,7 @@ async fn verify(
                 .with_hint("check the permissions and `garage.s3Endpoint`/`garage.region`; set verify = false to skip this check")
         };
         if wanted.read && wanted.write {
-            let probe = format!(
-                ".fedi-probe-{}",
-                &derived_key_id(&format!("{id}{alias}"))[2..10]
-            );
+            let probe = format!(".fedi-probe-{}", short_tag(&format!("{id}{alias}")));
             let body = b"fedi-garage-bucket verification probe".to_vec();
             s3.put_object()
                 .bucket(alias)

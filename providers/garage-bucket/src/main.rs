@@ -10,6 +10,7 @@
 mod bucket;
 mod garage;
 mod key;
+mod owner;
 mod purge;
 
 fn main() -> std::process::ExitCode {

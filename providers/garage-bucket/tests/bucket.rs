@@ -143,6 +143,191 @@ fn a_create_retried_after_a_crash_adopts_the_bucket() {
 }
 
 #[test]
+fn a_bucket_that_is_not_this_resources_is_refused_and_taken_over_only_deliberately() {
+    let garage = GarageServer::start();
+    // Planted: made by hand, private, with data.
+    let planted = garage.admin(
+        reqwest::Method::POST,
+        "CreateBucket",
+        &[],
+        Some(json!({"globalAlias": "planted"})),
+    );
+    put(&garage, "planted", "private.txt", "secret diary");
+    let website = inputs(
+        &garage,
+        json!({"name": "planted", "website": {}, "owner": "fediversity:alice"}),
+    );
+    let message = provider()
+        .create("bucket", website.clone(), true)
+        .error_message();
+    assert!(
+        message.contains("conflict `name`: bucket `planted`")
+            && message.contains("is not this resource's"),
+        "{message}"
+    );
+    assert!(message.contains("carries no ownership record"), "{message}");
+    assert!(message.contains("takeOver = true"), "{message}");
+    let info = garage.bucket_info("planted").unwrap();
+    assert_eq!(info["websiteAccess"], false, "still private");
+    assert_ne!(garage.web_get("planted", "/private.txt").0, 200);
+
+    // Another owner's bucket of the same name: the error says whose.
+    let bob = inputs(
+        &garage,
+        json!({"name": "shared", "owner": "fediversity:bob"}),
+    );
+    let bobs = provider().create("bucket", bob.clone(), true).outputs();
+    put(&garage, "shared", "bob.jpg", "bob's photo");
+    let alice = inputs(
+        &garage,
+        json!({"name": "shared", "owner": "fediversity:alice", "onDelete": "purge"}),
+    );
+    let message = provider()
+        .create("bucket", alice.clone(), true)
+        .error_message();
+    assert!(
+        message.contains("recorded as the bucket of `fediversity:bob bucket=shared`"),
+        "{message}"
+    );
+
+    // Deliberately: takeOver adopts it and applies the declared settings...
+    let mut take = website.clone();
+    take["takeOver"] = json!(true);
+    let outputs = provider().create("bucket", take, true).outputs();
+    assert_eq!(outputs["bucketId"], planted["id"]);
+    assert_eq!(
+        garage.bucket_info("planted").unwrap()["websiteAccess"],
+        true
+    );
+    // ... and from then on it is this resource's, without takeOver.
+    provider()
+        .update("bucket", website.clone(), website.clone(), outputs.clone())
+        .outputs();
+
+    // Alice takes bob's over: bob's update and delete are refused after.
+    let mut take = alice.clone();
+    take["takeOver"] = json!(true);
+    let alices = provider().create("bucket", take, true).outputs();
+    assert_eq!(alices["bucketId"], bobs["bucketId"]);
+    let message = provider()
+        .update("bucket", bob.clone(), bob.clone(), bobs.clone())
+        .error_message();
+    assert!(
+        message.contains("recorded as the bucket of `fediversity:alice bucket=shared`"),
+        "{message}"
+    );
+    assert!(message.contains("refusing to update"), "{message}");
+    let mut purge = bob.clone();
+    purge["onDelete"] = json!("purge");
+    let message = provider().delete("bucket", purge, bobs).error_message();
+    assert!(message.contains("refusing to delete"), "{message}");
+    assert_eq!(
+        garage.bucket_info("shared").unwrap()["objects"],
+        1,
+        "the data is still there"
+    );
+}
+
+#[test]
+fn a_bucket_made_before_ownership_records_is_still_this_resources() {
+    let garage = GarageServer::start();
+    // As the previous version made it: no record, but its id is in the state.
+    let made = garage.admin(
+        reqwest::Method::POST,
+        "CreateBucket",
+        &[],
+        Some(json!({"globalAlias": "legacy"})),
+    );
+    let declared = inputs(
+        &garage,
+        json!({"name": "legacy", "owner": "fediversity:alice"}),
+    );
+    let recorded = json!({
+        "bucketId": made["id"], "name": "legacy", "region": "garage",
+        "s3Endpoint": format!("http://127.0.0.1:{}", garage.s3_port), "websiteUrl": null,
+    });
+    let outputs = provider()
+        .update("bucket", declared.clone(), declared.clone(), recorded)
+        .outputs();
+    assert_eq!(outputs["bucketId"], made["id"]);
+    // Now it carries the record: a create of it is a retry, not a planted one.
+    let again = provider()
+        .create("bucket", declared.clone(), true)
+        .outputs();
+    assert_eq!(again["bucketId"], made["id"]);
+    provider()
+        .delete("bucket", declared, outputs)
+        .body("xDeleteResourceResponse");
+    assert!(garage.bucket_info("legacy").is_none());
+    let keys = garage.admin(reqwest::Method::GET, "ListKeys", &[], None);
+    assert_eq!(
+        keys.as_array().unwrap().len(),
+        0,
+        "the ownership key went with it: {keys}"
+    );
+}
+
+#[test]
+fn a_purge_against_an_s3_endpoint_that_never_answers_fails_in_bounded_time_and_leaves_no_key() {
+    let garage = GarageServer::start();
+    let declared = inputs(&garage, json!({"name": "stuck", "onDelete": "purge"}));
+    let outputs = provider()
+        .create("bucket", declared.clone(), true)
+        .outputs();
+    put(&garage, "stuck", "a", "b");
+
+    // Accepts connections and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    let mut hanging = declared.clone();
+    hanging["garage"]["s3Endpoint"] = json!(format!("http://127.0.0.1:{port}"));
+    hanging["garage"]["s3TimeoutSeconds"] = json!(2);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let started = std::time::Instant::now();
+    std::thread::spawn(move || {
+        let _ = tx.send(
+            provider()
+                .delete("bucket", hanging, outputs)
+                .error_message(),
+        );
+    });
+    let message = rx
+        .recv_timeout(std::time::Duration::from_secs(90))
+        .expect("the purge hung for more than 90 s");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        message.contains("purging bucket") && message.contains("failed through S3"),
+        "{message}"
+    );
+    let keys = garage.admin(reqwest::Method::GET, "ListKeys", &[], None);
+    let names: Vec<&str> = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with("fedi-purge")),
+        "the temporary purge key is left: {names:?}"
+    );
+    assert_eq!(
+        garage.bucket_info("stuck").unwrap()["objects"],
+        1,
+        "nothing deleted"
+    );
+}
+
+#[test]
 fn website_access_serves_public_reads() {
     let garage = GarageServer::start();
     let site = inputs(&garage, json!({"name": "site", "website": {}}));
@@ -310,6 +495,24 @@ fn bad_inputs_and_backend_failures_are_clear_errors() {
             json!({"name": "okay", "maxSize": -1}),
             "invalid input `maxSize`",
         ),
+        // S3's rules, before anything is sent (Garage's own answer named
+        // no field).
+        (
+            json!({"name": "192.168.5.4"}),
+            "invalid input `name`: \"192.168.5.4\" is not a valid bucket name: it must not be formatted as an IP address",
+        ),
+        (
+            json!({"name": "xn--bcher-kva"}),
+            "invalid input `name`: \"xn--bcher-kva\" is not a valid bucket name: S3 reserves this prefix",
+        ),
+        (
+            json!({"name": "media-s3alias"}),
+            "invalid input `name`: \"media-s3alias\" is not a valid bucket name: S3 reserves this suffix",
+        ),
+        (
+            json!({"name": "okay", "owner": "has space"}),
+            "invalid input `owner`",
+        ),
     ];
     for (extra, expected) in cases {
         let message = provider()
@@ -333,6 +536,17 @@ fn bad_inputs_and_backend_failures_are_clear_errors() {
     assert!(message.contains("permission denied"), "{message}");
     assert!(message.contains("garage.adminToken"), "{message}");
     assert!(!message.contains("not-the-token") && !exchange.stderr.contains("not-the-token"));
+
+    // Plain http to another machine: the token would travel in clear.
+    let mut declared = inputs(&garage, json!({"name": "okay"}));
+    declared["garage"]["adminEndpoint"] = json!("http://garage.example.org:3903");
+    let message = provider().create("bucket", declared, true).error_message();
+    assert!(
+        message.contains("invalid input `garage.adminEndpoint`")
+            && message.contains("travel in clear"),
+        "{message}"
+    );
+    assert!(message.contains("https://"), "{message}");
 
     // A missing token file.
     let mut declared = inputs(&garage, json!({"name": "okay"}));

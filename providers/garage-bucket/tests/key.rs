@@ -210,15 +210,142 @@ fn a_create_retried_after_a_crash_finds_the_key() {
 
     let outputs = provider().create("key", inputs, true).outputs();
     let keys = garage.admin(reqwest::Method::GET, "ListKeys", &[], None);
-    assert_eq!(
-        keys.as_array().unwrap().len(),
-        1,
-        "one key, no orphan: {keys}"
-    );
+    // The bucket's ownership key aside.
+    let keys: Vec<&Value> = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| {
+            !k["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("fedi-garage-bucket ownership:")
+        })
+        .collect();
+    assert_eq!(keys.len(), 1, "one key, no orphan: {keys:?}");
     assert_eq!(keys[0]["id"], outputs["accessKeyId"]);
     assert_eq!(
         grants(&garage, outputs["accessKeyId"].as_str().unwrap()),
         [("media".into(), [true, false, false])]
+    );
+}
+
+#[test]
+fn a_second_owner_with_the_same_key_name_never_gets_the_first_owners_secret() {
+    let garage = GarageServer::start();
+    let alice = key_inputs(
+        &garage,
+        json!({"owner": "fediversity:alice-shop-fedi-test"}),
+    );
+    let a = provider().create("key", alice, true).outputs();
+    let b_path = garage.dir.path().join("keys/bob");
+    let bob = key_inputs(
+        &garage,
+        json!({"owner": "fediversity:alice.shop", "secretKeyPath": b_path}),
+    );
+    let b = provider().create("key", bob, true).outputs();
+    assert_ne!(a["accessKeyId"], b["accessKeyId"], "two keys");
+    let a_secret = std::fs::read_to_string(garage.dir.path().join("keys/mastodon")).unwrap();
+    let b_secret = std::fs::read_to_string(&b_path).unwrap();
+    assert_ne!(a_secret, b_secret, "bob was handed alice's secret");
+
+    // The id is not the guessable `GK` + SHA-256 of the name any more.
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(b"fedi-garage-key:mastodon");
+    let guessable: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
+    assert_ne!(a["accessKeyId"], format!("GK{guessable}"));
+
+    // Another hosting secret, other ids: nobody without it can plant one.
+    let secret_file = garage.dir.path().join("key-id-secret");
+    std::fs::write(&secret_file, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let mut other = key_inputs(
+        &garage,
+        json!({"owner": "fediversity:alice-shop-fedi-test", "secretKeyPath": garage.dir.path().join("keys/c")}),
+    );
+    other["garage"]["keyIdSecret"] = json!({"file": secret_file});
+    let c = provider().create("key", other, true).outputs();
+    assert_ne!(c["accessKeyId"], a["accessKeyId"]);
+
+    // A short secret is refused, naming the field, never echoing it.
+    std::fs::write(&secret_file, "short-5ec\n").unwrap();
+    let mut weak = key_inputs(
+        &garage,
+        json!({"secretKeyPath": garage.dir.path().join("keys/d")}),
+    );
+    weak["garage"]["keyIdSecret"] = json!({"file": secret_file});
+    let message = provider().create("key", weak, true).error_message();
+    assert!(
+        message.contains("invalid input `garage.keyIdSecret`"),
+        "{message}"
+    );
+    assert!(!message.contains("short-5ec"), "{message}");
+}
+
+#[test]
+fn a_key_that_is_not_provably_this_resources_is_refused_until_taken_over() {
+    let garage = GarageServer::start();
+    let inputs = key_inputs(&garage, json!({"owner": "fediversity:alice"}));
+    let outputs = provider().create("key", inputs.clone(), true).outputs();
+    let id = outputs["accessKeyId"].as_str().unwrap().to_string();
+    // Someone renames it (another resource of this owner took the name).
+    garage.admin(
+        reqwest::Method::POST,
+        "UpdateKey",
+        &[("id", &id)],
+        Some(json!({"name": "someone-else"})),
+    );
+    // The state is lost and the resource is created again: not adopted.
+    let message = provider()
+        .create("key", inputs.clone(), true)
+        .error_message();
+    assert!(
+        message.contains(&format!(
+            "the Garage key {id} is named \"someone-else\", not \"mastodon\""
+        )),
+        "{message}"
+    );
+    assert!(message.contains("refusing to adopt"), "{message}");
+    assert!(message.contains("takeOver = true"), "{message}");
+    // Update and delete compare the recorded name first.
+    let message = provider()
+        .update("key", inputs.clone(), inputs.clone(), outputs.clone())
+        .error_message();
+    assert!(message.contains("refusing to update"), "{message}");
+    let message = provider()
+        .delete("key", inputs.clone(), outputs.clone())
+        .error_message();
+    assert!(message.contains("refusing to delete"), "{message}");
+    assert_eq!(
+        garage.key_info(&id).unwrap()["name"],
+        "someone-else",
+        "untouched"
+    );
+
+    // Deliberately: takeOver adopts it and renames it back.
+    let mut take = inputs.clone();
+    take["takeOver"] = json!(true);
+    let adopted = provider().create("key", take, true).outputs();
+    assert_eq!(adopted["accessKeyId"], id.as_str());
+    assert_eq!(garage.key_info(&id).unwrap()["name"], "mastodon");
+}
+
+#[test]
+fn a_planted_secret_file_is_not_overwritten() {
+    let garage = GarageServer::start();
+    let path = garage.dir.path().join("keys/mastodon");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, "another key's secret\n").unwrap();
+    let inputs = key_inputs(&garage, json!({}));
+    let message = provider().create("key", inputs, true).error_message();
+    assert!(message.contains("`secretKeyPath`"), "{message}");
+    assert!(
+        message.contains("does not hold this key's secret"),
+        "{message}"
+    );
+    assert!(!message.contains("another key's secret\n"), "{message}");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "another key's secret\n"
     );
 }
 
