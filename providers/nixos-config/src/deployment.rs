@@ -354,6 +354,7 @@ impl DeploymentInputs {
             .collect::<Vec<_>>()
             .join(" ");
         if let Some(file) = &self.ssh_key_file {
+            fedi_protocol::paths::check_absolute("sshKeyFile", file)?;
             if let Err(e) = std::fs::File::open(file) {
                 return Err(Error::invalid_input(
                     "sshKeyFile",
@@ -958,8 +959,40 @@ fn already_there(probe: &Probe, system: &str, goal: Goal) -> bool {
     }
 }
 
+impl Plan {
+    /// The keys' contents (whole, and each line of 8 bytes or more), to be
+    /// scrubbed from every error: remote output (an activation log, a
+    /// failing command's tail) goes into errors and could quote them.
+    fn secret_texts(&self) -> Vec<fedi_protocol::SecretString> {
+        let mut texts = Vec::new();
+        for key in &self.keys {
+            let text = String::from_utf8_lossy(&key.content.0);
+            let whole = text.trim();
+            if !whole.is_empty() {
+                texts.push(fedi_protocol::SecretString::from(whole.to_string()));
+            }
+            for line in whole.lines().map(str::trim).filter(|l| l.len() >= 8) {
+                if line != whole {
+                    texts.push(fedi_protocol::SecretString::from(line.to_string()));
+                }
+            }
+        }
+        texts
+    }
+}
+
+/// `result` with the plan's secrets scrubbed from its error.
+fn scrubbed<T>(secrets: &[fedi_protocol::SecretString], result: Result<T>) -> Result<T> {
+    result.map_err(|e| e.scrub_secrets(&secrets.iter().collect::<Vec<_>>()))
+}
+
 fn deploy(inputs: DeploymentInputs) -> Result<DeploymentOutputs> {
     let plan = inputs.plan()?;
+    let secrets = plan.secret_texts();
+    scrubbed(&secrets, deploy_plan(plan))
+}
+
+fn deploy_plan(plan: Plan) -> Result<DeploymentOutputs> {
     let started = Instant::now();
     let mut session = Session::new(plan.target.clone())?;
     let describe = plan.target.describe();

@@ -53,25 +53,41 @@ exit 0
     )
 }
 
-/// Writes stdin to `dir/name` atomically (a temporary file in the same
-/// directory, owner and mode set before the rename); prints `changed` or
-/// `unchanged` (same content, owner, group and mode).
+/// Writes stdin to `dir/name` atomically; prints `changed` or `unchanged`
+/// (same content, owner, group and mode).
+///
+/// Nothing is done through a path another user could swap: the file is
+/// made in a new directory with an unpredictable name (`mktemp -d`, 0700,
+/// root's) entered with `cd`, so `cat`, `chown` and `chmod` act on a name
+/// only root can create or replace, even when a service user can write
+/// `dir` (a symbolic link planted there, or the staging directory renamed
+/// away, changes nothing). The file is then renamed over the destination
+/// with `mv -T`, which replaces a symbolic link there instead of following
+/// it. Staging directories of a crashed upload of the same name are
+/// removed.
 pub fn upload_key(dir: &str, name: &str, owner: &str, group: &str, mode: &str) -> String {
     format!(
         r#"set -e
-dir={dir}; dest={dir}/{name}; tmp={dir}/.{name}.fedi-tmp
+dir={dir}; name={name}; dest={dir}/{name}
 (umask 022; mkdir -p "$dir")
 umask 077
-rm -f "$tmp"
-cat > "$tmp"
-chown {owner}:{group} "$tmp"
-chmod {mode} "$tmp"
-sync "$tmp" 2>/dev/null || true
-if [ -f "$dest" ] && cmp -s "$tmp" "$dest" && [ "$(stat -c %U:%G:%a "$dest")" = "$(stat -c %U:%G:%a "$tmp")" ]; then
-  rm -f "$tmp"; echo unchanged
+for old in "$dir/.$name.fedi-upload."*; do
+  if [ -d "$old" ] && [ ! -L "$old" ]; then rm -rf -- "$old"; fi
+done
+stage=$(mktemp -d "$dir/.$name.fedi-upload.XXXXXXXXXX")
+cd "$stage"
+cat > key
+chown -h {owner}:{group} key
+chmod {mode} key
+sync key 2>/dev/null || true
+if [ -f "$dest" ] && [ ! -L "$dest" ] && cmp -s key "$dest" && [ "$(stat -c %U:%G:%a "$dest")" = "$(stat -c %U:%G:%a key)" ]; then
+  result=unchanged
 else
-  mv -f "$tmp" "$dest"; echo changed
+  mv -fT key "$dest"; result=changed
 fi
+cd /
+rm -rf -- "$stage"
+echo "$result"
 "#,
         dir = shell_quote(dir),
         name = shell_quote(name),
@@ -95,16 +111,40 @@ pub fn launch(id: &str, system: &str, goal: &str, wait_seconds: u64) -> String {
         r#"set -e
 dir={STATE_DIR}; id={id}
 (umask 077; mkdir -p "$dir")
-if ! mkdir "$dir/active" 2>/dev/null; then
-  pid=$(cat "$dir/active/pid" 2>/dev/null || true)
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then echo "busy $(cat "$dir/active/id" 2>/dev/null)"; exit 3; fi
-  rm -rf "$dir/active"; mkdir "$dir/active"
-fi
-echo "$id" > "$dir/active/id"
-printf '%s\n' {system} > "$dir/active/system"
-printf '%s\n' {goal} > "$dir/active/goal"
+# The lock is complete before anyone can see it: made in a new directory,
+# renamed into place (a rename onto a lock, which is never empty, fails).
+# It holds the launching shell's pid until the runner's is recorded, so a
+# lock whose runner has not started yet is still held.
+umask 077
+new=$(mktemp -d "$dir/.active.XXXXXXXXXX")
+echo "$id" > "$new/id"
+printf '%s\n' {system} > "$new/system"
+printf '%s\n' {goal} > "$new/goal"
 previous=; [ -e /run/current-system ] && previous=$(readlink -f /run/current-system)
-printf '%s\n' "$previous" > "$dir/active/previous"
+printf '%s\n' "$previous" > "$new/previous"
+echo "$$" > "$new/launcher"
+held() {{
+  l=$1
+  p=$(cat "$l/pid" 2>/dev/null || true)
+  if [ -n "$p" ]; then kill -0 "$p" 2>/dev/null; return; fi
+  p=$(cat "$l/launcher" 2>/dev/null || true)
+  if [ -n "$p" ]; then kill -0 "$p" 2>/dev/null; return; fi
+  # Neither (a lock being made by an older version): held for 60 s.
+  [ $(( $(date +%s) - $(stat -c %Y "$l" 2>/dev/null || echo 0) )) -lt 60 ]
+}}
+taken=0
+for attempt in 1 2 3; do
+  if mv -T "$new" "$dir/active" 2>/dev/null; then taken=1; break; fi
+  [ -d "$dir/active" ] || continue
+  if held "$dir/active"; then rm -rf "$new"; echo "busy $(cat "$dir/active/id" 2>/dev/null)"; exit 3; fi
+  # A stale lock (its runner and launcher are gone): move it away
+  # atomically, and put it back if it turns out to be a fresh one.
+  stale="$dir/.stale.$$.$attempt"
+  mv -T "$dir/active" "$stale" 2>/dev/null || continue
+  if held "$stale"; then mv -T "$stale" "$dir/active" 2>/dev/null || true; rm -rf "$new"; echo "busy $(cat "$stale/id" "$dir/active/id" 2>/dev/null | head -n 1)"; exit 3; fi
+  rm -rf "$stale"
+done
+if [ "$taken" != 1 ]; then rm -rf "$new"; echo "busy $(cat "$dir/active/id" 2>/dev/null)"; exit 3; fi
 cat > "$dir/$id.sh"
 if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then
   systemd-run --unit="fedi-nixos-config-$id" --collect --quiet --setenv=PATH="$PATH" -- /bin/sh "$dir/$id.sh"

@@ -2,7 +2,9 @@
 //!
 //! - the host key pinned: a generated known_hosts file holding only the
 //!   key from the inputs, under a fixed alias, strict checking, no
-//!   trust-on-first-use, no prompts (`BatchMode`);
+//!   trust-on-first-use, no prompts (`BatchMode`), and no configuration
+//!   file read (`-F none`: a `KnownHostsCommand` in `~/.ssh/config` or
+//!   `/etc/ssh/ssh_config` would bypass the pin);
 //! - connection sharing: the first command becomes a ControlMaster that
 //!   every later command (and `nix copy`, through `NIX_SSHOPTS`) reuses, so a
 //!   deployment authenticates once or twice, not once per step;
@@ -78,11 +80,9 @@ impl Session {
             .tempdir()
             .map_err(|e| Error::internal("cannot create a temporary directory").with_source(e))?;
         let known_hosts = dir.path().join("known_hosts");
-        fedi_protocol::files::write_private_atomic(
-            &known_hosts,
-            format!("{HOST_ALIAS} {}\n", target.host_key).as_bytes(),
-        )
-        .map_err(|e| Error::internal("cannot write the pinned known_hosts file").with_source(e))?;
+        fedi_protocol::PrivatePath::parse("hostPublicKey", &known_hosts)
+            .and_then(|file| file.write(format!("{HOST_ALIAS} {}\n", target.host_key).as_bytes()))
+            .map_err(|e| e.context("writing the pinned known_hosts file".to_string()))?;
         Ok(Session {
             target,
             dir,
@@ -103,7 +103,13 @@ impl Session {
     pub fn options(&self) -> Vec<String> {
         let t = &self.target;
         let mut options = vec![
-            "-p".to_string(),
+            // No configuration file at all, neither ~/.ssh/config nor
+            // /etc/ssh/ssh_config: an option there that this list does not
+            // set (a `KnownHostsCommand`, a `ProxyCommand`, a `Match exec`)
+            // could bypass the host-key pin or run commands.
+            "-F".to_string(),
+            "none".into(),
+            "-p".into(),
             t.port.to_string(),
             "-o".into(),
             "BatchMode=yes".into(),

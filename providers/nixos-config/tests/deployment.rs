@@ -470,6 +470,10 @@ fn bad_inputs_are_refused_before_connecting() {
             "invalid input `sshKeyFile`: cannot read",
         ),
         (
+            json!({"sshKeyFile": "deployer/id_ed25519"}),
+            "invalid input `sshKeyFile`: `deployer/id_ed25519` is a relative path",
+        ),
+        (
             json!({"keys": [{"name": "../x", "file": "/etc/hostname"}]}),
             "invalid input `keys[0].name`",
         ),
@@ -744,5 +748,242 @@ fn a_retry_reports_the_failure_of_the_activation_a_dead_deployment_started() {
             .count(),
         2
     );
+    host.wait_idle();
+}
+
+#[test]
+fn a_key_upload_never_follows_what_a_service_user_planted_in_dest_dir() {
+    let host = TestHost::start();
+    let system = build_system("planted", "ok", 1, "planted");
+    let secrets = tempfile::tempdir().unwrap();
+    std::fs::write(secrets.path().join("admin"), "admin-password-5e1\n").unwrap();
+    // `destDir` is writable by the service user (mode 0777 stands for it).
+    let dest_dir = host.path("/root/app/svc");
+    std::fs::create_dir_all(&dest_dir).unwrap();
+    std::fs::set_permissions(&dest_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // What the service user planted: the key's name a link to a directory
+    // of root's, and the old predictable temporary name a link to a file of
+    // root's.
+    let victim_dir = host.path("/root/victim-dir");
+    std::fs::create_dir_all(&victim_dir).unwrap();
+    let victim = host.path("/root/victim");
+    std::fs::write(&victim, "root only").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink("/root/victim-dir", dest_dir.join("admin")).unwrap();
+    std::os::unix::fs::symlink("/root/victim", dest_dir.join(".admin.fedi-tmp")).unwrap();
+
+    let mut inputs = host.inputs(&system);
+    inputs["keys"] = json!([
+        {"name": "admin", "file": secrets.path().join("admin"), "destDir": "/root/app/svc",
+         "owner": "root", "group": "daemon", "permissions": "0640"},
+    ]);
+    let out = provider()
+        .create("deployment", inputs.clone(), false)
+        .outputs();
+    assert_eq!(out["keys"], json!(["/root/app/svc/admin"]));
+    // The key replaced the link; nothing went through either link.
+    let admin = dest_dir.join("admin");
+    let meta = std::fs::symlink_metadata(&admin).unwrap();
+    assert!(meta.is_file(), "the key is a file, not the planted link");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+    assert_eq!((meta.uid(), meta.gid()), (0, 1));
+    assert_eq!(
+        std::fs::read_to_string(&admin).unwrap(),
+        "admin-password-5e1\n"
+    );
+    assert_eq!(
+        std::fs::read_dir(&victim_dir).unwrap().count(),
+        0,
+        "nothing was moved into the directory the link pointed at"
+    );
+    let victim_meta = std::fs::metadata(&victim).unwrap();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root only");
+    assert_eq!(victim_meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!((victim_meta.uid(), victim_meta.gid()), (0, 0));
+    // No staging directory is left behind.
+    let staging: Vec<_> = std::fs::read_dir(&dest_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("fedi-upload"))
+        .collect();
+    assert!(staging.is_empty(), "{staging:?}");
+    // Again, unchanged.
+    let out = provider().create("deployment", inputs, false).outputs();
+    assert_eq!(out["changed"], json!(false));
+}
+
+/// The provider in a mount namespace of its own where root's home (from
+/// /etc/passwd, which `ssh` reads, not `$HOME`) and `$HOME` are `home`, and
+/// `/etc/ssh/ssh_config` is `system_config`.
+fn provider_with_ssh_configs(
+    dir: &Path,
+    home: &Path,
+    system_config: &Path,
+) -> fedi_protocol::testkit::Harness {
+    let passwd: String = std::fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let mut fields: Vec<String> = line.split(':').map(str::to_string).collect();
+            if fields.first().is_some_and(|f| f == "root") && fields.len() == 7 {
+                fields[5] = home.display().to_string();
+            }
+            fields.join(":") + "\n"
+        })
+        .collect();
+    std::fs::write(dir.join("passwd"), passwd).unwrap();
+    let wrapper = dir.join("provider.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec unshare --mount --propagation private sh -c 'mount --bind {passwd} \
+             /etc/passwd && mount --bind {config} /etc/ssh/ssh_config && exec \"$0\" \"$@\"' {exe} \"$@\"\n",
+            passwd = dir.join("passwd").display(),
+            config = system_config.display(),
+            exe = env!("CARGO_BIN_EXE_fedi-nixos-config"),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    fedi_testbeds::nix::env()
+        .iter()
+        .fold(
+            fedi_protocol::testkit::Harness::new(&wrapper),
+            |h, (name, value)| h.env(name, value),
+        )
+        .env("HOME", &home.display().to_string())
+}
+
+#[test]
+fn hostile_ssh_configs_cannot_bypass_the_host_key_pin() {
+    let host = TestHost::start();
+    let system = build_system("sshconfig", "ok", 1, "sshconfig");
+    let dir = tempfile::tempdir().unwrap();
+    // A pinned key that is not the host's: the deployment must be refused.
+    let other = dir.path().join("other");
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut inputs = host.inputs(&system);
+    inputs["hostPublicKey"] = json!(
+        std::fs::read_to_string(dir.path().join("other.pub"))
+            .unwrap()
+            .trim()
+    );
+    // Configurations that vouch for whatever key the host offers.
+    let offered = dir.path().join("offered");
+    std::fs::write(
+        &offered,
+        format!("fedi-nixos-config-target {}\n", host.host_key),
+    )
+    .unwrap();
+    let hostile = format!(
+        "Host *\n  KnownHostsCommand /bin/cat {offered}\n  StrictHostKeyChecking no\n",
+        offered = offered.display()
+    );
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(home.join(".ssh")).unwrap();
+    std::fs::write(home.join(".ssh/config"), &hostile).unwrap();
+    std::fs::set_permissions(
+        home.join(".ssh/config"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let system_config = dir.path().join("ssh_config");
+    std::fs::write(&system_config, &hostile).unwrap();
+    let error = provider_with_ssh_configs(dir.path(), &home, &system_config)
+        .create("deployment", inputs, false)
+        .error_message();
+    assert!(
+        error.starts_with("deployment: permission denied `hostPublicKey`"),
+        "{error}"
+    );
+    assert!(error.contains("refusing to connect"), "{error}");
+    assert!(host.store_paths().is_empty(), "nothing was copied");
+    assert!(host.activations().is_empty());
+    // With the right pin, the same hostile configurations change nothing.
+    let out = provider_with_ssh_configs(dir.path(), &home, &system_config)
+        .create("deployment", host.inputs(&system), false)
+        .outputs();
+    assert_eq!(out["system"], json!(system));
+}
+
+#[test]
+fn a_lock_taken_by_a_concurrent_deploy_is_never_taken_over_before_its_pid_is_written() {
+    let host = TestHost::start();
+    let system = build_system("lockrace", "ok", 1, "lockrace");
+    let state = host.path("/run/fedi-nixos-config");
+    let lock = state.join("active");
+    // A concurrent deployment's lock as it is between taking it and its
+    // runner recording its pid: an older version's (no launcher pid), and
+    // this version's (the launching shell's pid, alive: pid 1 of the host).
+    for launcher in [None, Some("1")] {
+        std::fs::create_dir_all(&lock).unwrap();
+        std::fs::write(lock.join("id"), "concurrent-42\n").unwrap();
+        std::fs::write(lock.join("system"), format!("{system}\n")).unwrap();
+        std::fs::write(lock.join("goal"), "switch\n").unwrap();
+        std::fs::write(lock.join("previous"), "\n").unwrap();
+        if let Some(pid) = launcher {
+            std::fs::write(lock.join("launcher"), format!("{pid}\n")).unwrap();
+        }
+        let error = provider()
+            .create("deployment", host.inputs(&system), false)
+            .error_message();
+        assert!(
+            error.contains("conflict: another activation is running on"),
+            "{launcher:?}: {error}"
+        );
+        assert!(error.contains("concurrent-42"), "{error}");
+        assert!(host.activations().is_empty(), "nothing was activated");
+        assert_eq!(
+            std::fs::read_to_string(lock.join("id")).unwrap(),
+            "concurrent-42\n",
+            "the other deployment's lock is intact"
+        );
+        std::fs::remove_dir_all(&lock).unwrap();
+    }
+    // A lock whose launcher is gone and that never got a pid is stale: it
+    // is taken over.
+    std::fs::create_dir_all(&lock).unwrap();
+    std::fs::write(lock.join("id"), "crashed-7\n").unwrap();
+    std::fs::write(lock.join("launcher"), "999999\n").unwrap();
+    let out = provider()
+        .create("deployment", host.inputs(&system), false)
+        .outputs();
+    assert_eq!(out["system"], json!(system));
+    assert_eq!(
+        host.activations().last().unwrap(),
+        &format!("done switch {system}")
+    );
+    host.wait_idle();
+    let leftovers: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".active") || n.starts_with(".stale"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn key_contents_quoted_by_the_host_are_scrubbed_from_errors() {
+    let host = TestHost::start();
+    let system = build_system("leak", "leak", 1, "leak");
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = "s3cr3t-printed-by-activation-4d1";
+    std::fs::write(secrets.path().join("s3"), secret).unwrap();
+    let mut inputs = host.inputs(&system);
+    inputs["keys"] = json!([{"name": "s3", "file": secrets.path().join("s3")}]);
+    let exchange = provider().create("deployment", inputs, false);
+    let error = exchange.error_message();
+    // The activation's output is in the error, without the key.
+    assert!(error.contains("loading keys:"), "{error}");
+    assert!(error.contains("app.service failed to start"), "{error}");
+    assert!(!error.contains(secret), "{error}");
+    assert!(error.contains("[REDACTED]"), "{error}");
     host.wait_idle();
 }

@@ -1,7 +1,7 @@
 # A stand-in for a NixOS system, built with plain `builtins.derivation` and
 # /bin/sh (no nixpkgs): a toplevel whose `bin/switch-to-configuration`
 # records what it did in /root/activations on the test host and, by
-# `behaviour`, works (`ok`), fails (`fail`), takes its time (`slow`), drops
+# `behaviour`, works (`ok`), fails (`fail`; `leak` prints /run/keys/* first), takes its time (`slow`), drops
 # every SSH connection mid-switch (`drop`) or locks the deployer out
 # (`lockout`: moves /root/.ssh/authorized_keys aside; any other system's
 # switch puts it back, as a rollback to a good configuration would).
@@ -25,6 +25,7 @@ let
     echo "$goal $out" >> /root/activations
     case "$behaviour" in
       fail) echo "starting test.service"; echo "error: test.service failed to start (exit-code 4)" >&2; exit 4 ;;
+      leak) echo "loading keys:"; cat /run/keys/* 2>/dev/null; echo; echo "error: app.service failed to start (exit-code 4)" >&2; exit 4 ;;
       slow) sleep 3 ;;
       drop)
         killed=0
