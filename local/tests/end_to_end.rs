@@ -482,6 +482,10 @@ impl World {
                 &[("id", id), ("showSecretKey", "true")],
             );
             let name = info["name"].as_str().unwrap().to_string();
+            // Ownership keys are the buckets' owner records, checked there.
+            if name.starts_with(fedi_testbeds::garage::OWNERSHIP_KEY_PREFIX) {
+                continue;
+            }
             let key = Key {
                 id: id.to_string(),
                 secret: info["secretAccessKey"].as_str().unwrap().to_string(),
@@ -615,7 +619,19 @@ fn check_deployed(session: &Session, world: &World, apps: &[App]) {
                 format!("{SLUG}-{}-{b}", a.name),
                 Bucket {
                     website: true,
-                    keys: BTreeMap::from([(format!("{SLUG}-{}", a.name), (true, true, false))]),
+                    // And its owner record (ADR 009): an ownership key
+                    // without permissions.
+                    keys: BTreeMap::from([
+                        (format!("{SLUG}-{}", a.name), (true, true, false)),
+                        (
+                            format!(
+                                "{}fediversity:{SLUG} bucket={SLUG}-{}-{b}",
+                                fedi_testbeds::garage::OWNERSHIP_KEY_PREFIX,
+                                a.name
+                            ),
+                            (false, false, false),
+                        ),
+                    ]),
                 },
             );
         }
