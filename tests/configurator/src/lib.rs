@@ -47,6 +47,12 @@ pub fn eval(
     if let Some(s) = systems {
         cmd.arg("--argstr").arg("systemsFile").arg(s);
     }
+    run_json(&mut cmd)
+}
+
+/// Runs a `nix-instantiate --json` command: `Ok` with what it printed,
+/// `Err` with Nix's standard error.
+fn run_json(cmd: &mut std::process::Command) -> Result<Value, String> {
     let out = cmd
         .output()
         .expect("run nix-instantiate (Debian package nix-bin; tests/install-deps.sh installs it)");
@@ -155,16 +161,11 @@ pub fn has_placeholder(v: &Value) -> bool {
 /// Evaluates a Nix expression (builtins only, `dummy://` store) to JSON;
 /// `Err` with Nix's standard error.
 pub fn eval_expr(expr: &str) -> Result<Value, String> {
-    let out = fedi_testbeds::nix::command("nix-instantiate")
-        .args([
-            "--store", "dummy://", "--eval", "--strict", "--json", "--expr",
-        ])
-        .arg(expr)
-        .output()
-        .expect("run nix-instantiate (Debian package nix-bin; tests/install-deps.sh installs it)");
-    if out.status.success() {
-        Ok(serde_json::from_slice(&out.stdout).expect("nix-instantiate printed JSON"))
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    run_json(
+        fedi_testbeds::nix::command("nix-instantiate")
+            .args([
+                "--store", "dummy://", "--eval", "--strict", "--json", "--expr",
+            ])
+            .arg(expr),
+    )
 }

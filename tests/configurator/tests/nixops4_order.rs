@@ -8,7 +8,7 @@
 //! evaluate, so a bad panel must fail every member's inputs, and an output
 //! a provider left out of its response fails whoever reads it.
 
-use fedi_configurator_tests::{eval, example, provider_types, root};
+use fedi_configurator_tests::{eval, eval_expr, example, provider_types, root};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -24,23 +24,6 @@ const PROVIDERS: [&str; 5] = [
 /// A path as a Nix expression (paths here hold no `"`, `\` or `${`).
 fn nix_path(p: &Path) -> String {
     format!("(/. + \"{}\")", p.display())
-}
-
-/// Evaluates `expr` strictly, as JSON; `Err` with Nix's standard error.
-fn nix_eval(expr: &str) -> Result<Value, String> {
-    // The project's own Nix configuration, as `eval` has it.
-    let out = fedi_testbeds::nix::command("nix-instantiate")
-        .args([
-            "--store", "dummy://", "--eval", "--strict", "--json", "--expr",
-        ])
-        .arg(expr)
-        .output()
-        .expect("run nix-instantiate (Debian package nix-bin; tests/install-deps.sh installs it)");
-    if out.status.success() {
-        Ok(serde_json::from_slice(&out.stdout).expect("nix-instantiate printed JSON"))
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
 }
 
 /// The declared output names of every resource type, by provider, from the
@@ -107,7 +90,7 @@ impl Order {
             order = nix_path(&root.join("nix/tests/nixops4-order.nix")),
             names = nix_path(&self.dir.path().join("output-names.json")),
         );
-        nix_eval(&expr)
+        eval_expr(&expr)
     }
 
     /// One member's inputs alone, nothing applied yet.
@@ -283,7 +266,7 @@ fn the_fake_outputs_are_exactly_each_providers_declared_outputs() {
 fn the_local_hosting_file_works_with_its_backends_as_hosting_args() {
     let root = root();
     let configure = |args: &str| {
-        nix_eval(&format!(
+        eval_expr(&format!(
             "builtins.attrNames ((import {}).configureFiles {{
                panelFile = {};
                hostingFile = {};
