@@ -108,7 +108,7 @@ fn stateful_create_and_update() {
         "2",
         "--stateful",
     ]));
-    assert_eq!(created, json!({"value": 2}));
+    assert_eq!(created, json!({"value": 2, "tokenLength": null}));
     let updated = json_stdout(&runner(&[
         "update",
         "--provider-exe",
@@ -122,7 +122,7 @@ fn stateful_create_and_update() {
         "--previous-outputs-json",
         &created.to_string(),
     ]));
-    assert_eq!(updated, json!({"value": 5}));
+    assert_eq!(updated, json!({"value": 5, "tokenLength": null}));
 }
 
 #[test]
