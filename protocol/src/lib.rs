@@ -19,6 +19,11 @@
 //!   causes and a hint into one `errorResponse` message.
 //! - **Secrets** ([`SecretRef`]): inputs point at a file or an environment
 //!   variable; values never appear in `Debug`, logs or errors.
+//!   [`scrub`] (and [`Error::scrub_secrets`]) removes known secret values
+//!   from text a backend or tool produced before it goes into an error.
+//! - **Private files** ([`PrivatePath`], [`paths`]): absolute paths
+//!   without `..`, no directory on the way others can change, never
+//!   through a symbolic link, only our own 0600 files adopted.
 //! - **Self-description** ([`schema`], [`docgen`]): `--schema` prints JSON
 //!   Schemas of every resource type's inputs and outputs, from which the Nix
 //!   provider modules and Markdown reference pages are generated.

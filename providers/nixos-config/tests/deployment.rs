@@ -987,3 +987,54 @@ fn key_contents_quoted_by_the_host_are_scrubbed_from_errors() {
     assert!(error.contains("[REDACTED]"), "{error}");
     host.wait_idle();
 }
+
+#[test]
+fn two_deployments_racing_for_the_host_activate_one_system_and_refuse_the_other() {
+    let host = TestHost::start();
+    let first = build_system("race-a", "slow", 1, "race");
+    let second = build_system("race-b", "slow", 1, "race");
+    // Both copied first, so that the two launches meet.
+    for system in [&first, &second] {
+        let mut inputs = host.inputs(system);
+        inputs["goal"] = json!("dry-activate");
+        provider().create("deployment", inputs, false).outputs();
+    }
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let runs: Vec<_> = [first.clone(), second.clone()]
+        .into_iter()
+        .map(|system| {
+            let inputs = host.inputs(&system);
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                provider().create("deployment", inputs, false).response
+            })
+        })
+        .collect();
+    let responses: Vec<serde_json::Value> = runs.into_iter().map(|r| r.join().unwrap()).collect();
+    let won: Vec<_> = responses
+        .iter()
+        .filter_map(|r| r.pointer("/createResourceResponse/outputProperties/system"))
+        .collect();
+    assert_eq!(
+        won.len(),
+        1,
+        "exactly one deployment activates: {responses:?}"
+    );
+    let lost = responses
+        .iter()
+        .find_map(|r| r.pointer("/errorResponse/message").and_then(|m| m.as_str()))
+        .expect("the other is refused");
+    assert!(lost.contains("another activation is running on"), "{lost}");
+    host.wait_idle();
+    let switches: Vec<_> = host
+        .activations()
+        .into_iter()
+        .filter(|l| l.starts_with("done switch"))
+        .collect();
+    assert_eq!(
+        switches,
+        [format!("done switch {}", won[0].as_str().unwrap())]
+    );
+    assert_eq!(host.link("/run/current-system").as_deref(), won[0].as_str());
+}
