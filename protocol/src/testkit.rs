@@ -456,6 +456,21 @@ impl Harness {
 /// SIGABRT's number (6 on every Linux architecture).
 const SIGABRT: i32 = 6;
 
+/// The `property` of each drift entry of an `xReadResourceResponse` body,
+/// in order; panics when the body has no drift list.
+pub fn drift_properties(read: &Value) -> Vec<&str> {
+    read["drift"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no drift list in {read}"))
+        .iter()
+        .map(|d| {
+            d["property"]
+                .as_str()
+                .expect("a drift entry names its property")
+        })
+        .collect()
+}
+
 /// The names in `declared` that `outputs` lacks.
 pub fn missing_outputs(declared: &[String], outputs: &Map<String, Value>) -> Vec<String> {
     declared

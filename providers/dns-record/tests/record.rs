@@ -888,12 +888,7 @@ fn lifecycle_with_state_read_drift_and_delete() {
         let read = provider()
             .read("record", inputs.clone(), created.clone())
             .body("xReadResourceResponse");
-        let drift: Vec<&str> = read["drift"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d["property"].as_str().unwrap())
-            .collect();
+        let drift = fedi_protocol::testkit::drift_properties(&read);
         assert_eq!(drift, ["values", "ttl"], "{kind}: {read}");
         assert!(
             read["drift"][0]["message"]

@@ -466,12 +466,7 @@ fn read_reports_drift() {
     let read = provider()
         .read("bucket", declared, outputs)
         .body("xReadResourceResponse");
-    let properties: Vec<&str> = read["drift"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["property"].as_str().unwrap())
-        .collect();
+    let properties = fedi_protocol::testkit::drift_properties(&read);
     assert_eq!(properties, ["maxSize", "website"], "{read}");
 }
 

@@ -235,12 +235,7 @@ fn read_reports_drift_made_outside() {
     let read = provider()
         .read("vm", declared.clone(), outputs.clone())
         .body("xReadResourceResponse");
-    let properties: Vec<&str> = read["drift"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["property"].as_str().unwrap())
-        .collect();
+    let properties = fedi_protocol::testkit::drift_properties(&read);
     assert_eq!(properties, ["tags", "cores", "disks[0].sizeGib"], "{read}");
     assert!(
         read["drift"][2]["message"]
@@ -869,12 +864,7 @@ fn keep_pending_reports_changes_that_wait_for_a_restart() {
     let read = provider()
         .read("vm", bigger.clone(), updated.clone())
         .body("xReadResourceResponse");
-    let drift: Vec<&str> = read["drift"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["property"].as_str().unwrap())
-        .collect();
+    let drift = fedi_protocol::testkit::drift_properties(&read);
     assert_eq!(drift, ["cores", "memory", "cpu.type"], "{read}");
     assert!(
         read["drift"][0]["message"]
